@@ -1,0 +1,265 @@
+"""Volume and file I/O: NIfTI with real geometry, .npy/.npz volumes, atomic writes, file hashes.
+
+Array convention (everywhere in prdit): a volume is a numpy array ``[D, H, W] = [z, y, x]`` in LPS order
+(x -> patient Left, y -> Posterior, z -> Superior), so an axial slice ``vol[k]`` displays like a radiology
+image (anterior at the top, the patient's right on the left). Spacing tuples follow the array axes:
+``(sz, sy, sx)`` in millimetres. On disk, NIfTI stores the array as ``(x, y, z)`` with a RAS+ world affine,
+which is what 3D Slicer, ITK-SNAP and nibabel expect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io as _io
+import os
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+
+from prdit.errors import DataError
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy", ".npz")
+NPZ_VOLUME_KEYS = ("ct", "volume", "image", "arr_0")
+
+
+def volume_suffix(path: str | os.PathLike) -> str | None:
+    """The volume suffix of ``path`` (``.nii.gz``, ``.nii``, ``.npy``, ``.npz``) or None."""
+    name = os.fspath(path).lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), None)
+
+
+def volume_stem(path: str | os.PathLike) -> str:
+    """File name without its volume suffix: ``case_001.nii.gz`` -> ``case_001``."""
+    name = Path(path).name
+    suffix = volume_suffix(name)
+    return name[: -len(suffix)] if suffix else Path(name).stem
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", overwrite: bool = True) -> Iterator[IO]:
+    """Write ``path`` through a temporary file in the same folder, fsync it, then rename it into place.
+
+    A crash or an exception leaves any previous file untouched and no partial file behind.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    try:
+        with open(tmp, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> None:
+    with atomic_write(path, "wb", overwrite=overwrite) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------------------------------------
+
+
+def centered_origin(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """LPS position (x, y, z) of voxel [0, 0, 0] that puts the volume's centre at the world origin."""
+    sz, sy, sx = spacing
+    d, h, w = shape
+    return (-(w - 1) * sx / 2, -(h - 1) * sy / 2, -(d - 1) * sz / 2)
+
+
+def nifti_affine(spacing: tuple[float, float, float], origin_lps: tuple[float, float, float]) -> np.ndarray:
+    """RAS+ affine of a NIfTI whose data array is our ``[z, y, x]`` LPS volume transposed to ``(x, y, z)``."""
+    sz, sy, sx = spacing
+    ox, oy, oz = origin_lps
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    affine[:3, 3] = [-ox, -oy, oz]  # LPS -> RAS flips x and y
+    return affine
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel spacing (sz, sy, sx) of a NIfTI affine whose data axes are (x, y, z)."""
+    sx, sy, sz = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    return (round(float(sz), 6), round(float(sy), 6), round(float(sx), 6))
+
+
+@dataclass
+class Volume:
+    """A 3D volume in our array convention with its geometry."""
+
+    array: np.ndarray  # float32 [D, H, W]
+    spacing: tuple[float, float, float]  # (sz, sy, sx) mm
+    affine: np.ndarray  # 4x4 RAS+ affine of the LPS-ordered NIfTI data array (x, y, z)
+    path: Path | None = None
+
+
+def save_nifti(
+    path: str | os.PathLike,
+    volume: np.ndarray,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    affine: np.ndarray | None = None,
+    origin: tuple[float, float, float] | None = None,
+    dtype: np.dtype | type | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a ``[D, H, W]`` LPS volume as NIfTI (atomically) with a real affine.
+
+    The affine is ``affine`` when given, otherwise built from ``spacing`` and ``origin`` (LPS position of voxel
+    [0, 0, 0]; default: the volume centred on the world origin). ``dtype=np.int16`` rounds and clips, as for HU.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    if volume_suffix(path) not in (".nii", ".nii.gz"):
+        raise ValueError(f"{path}: a NIfTI path must end in .nii or .nii.gz")
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise DataError(f"{path}: expected a 3D [D, H, W] volume, got shape {volume.shape}")
+    if affine is None:
+        affine = nifti_affine(spacing, origin if origin is not None else centered_origin(volume.shape, spacing))
+    if dtype is not None and np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(dtype)
+        volume = np.clip(np.rint(volume), info.min, info.max)
+    data = np.ascontiguousarray(volume.astype(dtype or np.float32).transpose(2, 1, 0))
+    image = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    image.header.set_xyzt_units("mm")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
+    buffer = _io.BytesIO()
+    file_map = image.make_file_map({"image": buffer, "header": buffer})
+    image.to_file_map(file_map)
+    payload = buffer.getvalue()
+    if path.name.lower().endswith(".gz"):
+        import gzip
+
+        payload = gzip.compress(payload, compresslevel=4, mtime=0)
+    atomic_write_bytes(path, payload)
+    return path
+
+
+def _to_lps_zyx(image) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient a nibabel image to LPS and return (array [z, y, x], affine of the LPS (x, y, z) array)."""
+    import nibabel as nib
+    from nibabel import orientations
+
+    current = orientations.io_orientation(image.affine)
+    transform = orientations.ornt_transform(current, orientations.axcodes2ornt(("L", "P", "S")))
+    reoriented = image.as_reoriented(transform)
+    data = np.asanyarray(reoriented.dataobj)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    return data.transpose(2, 1, 0), reoriented.affine
+
+
+def _validate(array: np.ndarray, path: Path) -> np.ndarray:
+    array = np.asarray(array)
+    while array.ndim > 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise DataError(f"{path}: expected a 3D volume, got an array of shape {array.shape}")
+    if min(array.shape) < 2:
+        raise DataError(f"{path}: volume shape {array.shape} has an axis shorter than 2 voxels")
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise DataError(f"{path}: expected a real-valued numeric volume, got dtype {array.dtype}")
+    array = array.astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise DataError(f"{path}: volume contains {bad} NaN/inf voxels; fix or remove the file")
+    return array
+
+
+def load_volume(path: str | os.PathLike, npz_key: str | None = None) -> Volume:
+    """Load a NIfTI (.nii/.nii.gz), .npy or .npz volume as a float32 ``[D, H, W]`` LPS :class:`Volume`.
+
+    NIfTI is reoriented to LPS from its affine. .npy/.npz carry no geometry: spacing (1, 1, 1) mm unless the
+    .npz holds a ``spacing`` entry (sz, sy, sx). For .npz the array is ``npz_key`` or the first of
+    ``ct``, ``volume``, ``image``, ``arr_0`` or the only array in the file. Every failure is a
+    :class:`DataError` that names the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    suffix = volume_suffix(path)
+    if suffix is None:
+        raise DataError(f"{path}: not a volume file (expected one of {', '.join(VOLUME_SUFFIXES)})")
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    try:
+        if suffix in (".nii", ".nii.gz"):
+            import nibabel as nib
+
+            array, affine = _to_lps_zyx(nib.load(str(path)))
+            array = _validate(array, path)
+            return Volume(array, spacing_from_affine(affine), affine, path)
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                keys = list(archive.keys())
+                key = npz_key or next((k for k in NPZ_VOLUME_KEYS if k in keys), None)
+                if key is None and len([k for k in keys if k != "spacing"]) == 1:
+                    key = next(k for k in keys if k != "spacing")
+                if key is None or key not in keys:
+                    wanted = repr(npz_key) if npz_key else " or ".join(repr(k) for k in NPZ_VOLUME_KEYS)
+                    raise DataError(f"{path}: no volume array {wanted} in the .npz (it holds {keys}); pass the key to use")
+                array = archive[key]
+                if "spacing" in keys:
+                    spacing = tuple(float(s) for s in np.asarray(archive["spacing"]).ravel()[:3])  # type: ignore[assignment]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
+        raise DataError(f"{path}: cannot read the file ({type(error).__name__}: {error}); is it truncated or corrupt?") from None
+    except Exception as error:  # nibabel raises its own types for corrupt headers
+        raise DataError(f"{path}: cannot read the file ({type(error).__name__}: {error}); is it truncated or corrupt?") from None
+    array = _validate(array, path)
+    return Volume(array, spacing, nifti_affine(spacing, centered_origin(array.shape, spacing)), path)
+
+
+def find_volumes(root: str | os.PathLike) -> list[Path]:
+    """Sorted volume files under a folder (recursively), or the files listed in a list file (one path a line,
+    relative to the list's folder; ``#`` starts a comment)."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_file():
+        if volume_suffix(root):
+            return [root]
+        entries = [line.split("#", 1)[0].strip() for line in root.read_text().splitlines()]
+        paths = [Path(e) if Path(e).is_absolute() else root.parent / e for e in entries if e]
+        missing = [p for p in paths if not p.exists()]
+        if missing:
+            raise DataError(f"{root}: {len(missing)} listed file(s) do not exist, first: {missing[0]}")
+        if not paths:
+            raise DataError(f"{root}: the list file names no volumes")
+        return paths
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and volume_suffix(p) and not p.name.startswith(".tmp-"))
+    if not paths:
+        raise DataError(
+            f"{root}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)}); "
+            "generate phantoms with `prdit data phantom --out DIR` or point data.root at your data"
+        )
+    return paths

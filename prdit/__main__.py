@@ -1,0 +1,5 @@
+import sys
+
+from prdit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,155 @@
+"""The ``prdit`` command: one subcommand per task, each a thin door into the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from prdit import __version__
+from prdit.errors import PrditError
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="YAML config, e.g. configs/phantom/local.yaml")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. training.lr=3e-4 data.image_size=64"
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prdit data phantom
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_phantom_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "phantom",
+        help="generate procedural chest-CT phantoms (NIfTI in HU) + train/val lists",
+        description="Write NUM procedural chest-CT phantoms as int16 HU NIfTI (real affine) with train.txt / val.txt.",
+    )
+    parser.add_argument("--num", type=int, default=200, help="number of volumes (default 200)")
+    parser.add_argument("--size", type=int, default=64, help="voxels per side, 32-256 (default 64)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed+i (default 0)")
+    parser.add_argument("--spacing", type=float, default=None, help="voxel spacing in mm (default: the whole chest fits)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate volumes that already exist")
+    parser.set_defaults(func=_run_phantom)
+
+
+def _run_phantom(args: argparse.Namespace) -> None:
+    from prdit.data.phantom import write_phantom_dataset
+
+    if not 32 <= args.size <= 256:
+        raise PrditError(f"--size {args.size} is out of range: phantoms are 32 to 256 voxels per side")
+    if args.num < 1:
+        raise PrditError("--num must be at least 1")
+    summary = write_phantom_dataset(
+        args.out, num=args.num, size=args.size, seed=args.seed, spacing_mm=args.spacing, workers=args.workers, overwrite=args.overwrite
+    )
+    print(f"wrote {summary['written']} volume(s), kept {summary['skipped']} existing, in {args.out}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prdit preview
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_preview_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "preview",
+        help="PNG montage (axial, coronal, sagittal) of a volume",
+        description="Write a PNG montage of axial, coronal and sagittal slices of a NIfTI/.npy/.npz volume in HU.",
+    )
+    parser.add_argument("file", help="volume file (.nii.gz, .nii, .npy, .npz)")
+    parser.add_argument("--window", default="lung", help="lung, mediastinal, bone, or LEVEL,WIDTH in HU (default lung)")
+    parser.add_argument("--out", default=None, help="PNG path (default: next to the file, FILE.png)")
+    parser.set_defaults(func=_run_preview)
+
+
+def _parse_window(text: str):
+    from prdit.preview import WINDOWS
+
+    if text in WINDOWS:
+        return text
+    try:
+        level, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise PrditError(f"--window {text!r}: use one of {', '.join(WINDOWS)} or LEVEL,WIDTH such as -600,1500") from None
+    return (level, width)
+
+
+def _run_preview(args: argparse.Namespace) -> None:
+    from prdit.io import volume_stem
+    from prdit.preview import save_montage
+
+    source = Path(args.file)
+    out = Path(args.out) if args.out else source.with_name(volume_stem(source) + ".png")
+    save_montage(source, out, window=_parse_window(args.window), title=source.name)
+    print(f"wrote {out}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prdit config
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_config_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "config",
+        help="validate a config and print it resolved (defaults + overrides)",
+        description="Load a YAML config, apply section.key=value overrides, validate every key and print the result.",
+    )
+    _add_config_arguments(parser)
+    parser.set_defaults(func=_run_config)
+
+
+def _run_config(args: argparse.Namespace) -> None:
+    from prdit.config import load_config
+
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prdit",
+        description="PRDiT: pixel-level residual diffusion transformer for 3D CT volume generation.",
+    )
+    parser.add_argument("--version", action="version", version=f"prdit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    data = commands.add_parser("data", help="prepare data: phantoms", description="Prepare training data.")
+    data_commands = data.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
+    _add_phantom_parser(data_commands)
+
+    _add_preview_parser(commands)
+    _add_config_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except PrditError as error:
+        print(f"prdit: error: {error}", file=sys.stderr)
+        return 2
+    except FileExistsError as error:
+        print(f"prdit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prdit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+
+from prdit.config import DataConfig
+from prdit.data.dataset import VolumeDataset, average_pool, build_datasets, mapping_from_config, resolve_splits, split_paths
+from prdit.data.intensity import IntensityMapping
+from prdit.errors import DataError
+from prdit.io import save_nifti
+
+
+def write_volumes(folder, count, size=8, spacing=(2.0, 2.0, 2.0)):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(count):
+        hu = rng.uniform(-1000, 1000, (size,) * 3).astype(np.float32)
+        paths.append(save_nifti(folder / f"v{i:02d}.nii.gz", hu, spacing))
+    return paths
+
+
+def test_average_pool_matches_block_means():
+    volume = np.arange(4 * 4 * 6, dtype=np.float32).reshape(4, 4, 6)
+    pooled = average_pool(volume, 2)
+    assert pooled.shape == (2, 2, 3)
+    assert pooled[1, 0, 2] == volume[2:4, 0:2, 4:6].mean()
+    assert average_pool(volume, 1) is volume
+
+
+def test_items_are_model_space_and_map_back_to_hu(tmp_path):
+    paths = write_volumes(tmp_path, 3)
+    mapping = IntensityMapping()
+    dataset = VolumeDataset(paths, mapping, image_size=8)
+    item = dataset[1]
+    assert item.shape == (1, 8, 8, 8) and item.dtype == torch.float32
+    assert item.min() >= -1 and item.max() <= 1
+    from prdit.io import load_volume
+
+    np.testing.assert_allclose(mapping.to_hu(item[0].numpy()), load_volume(paths[1]).array, atol=1e-3)
+    assert dataset.spacing == (2.0, 2.0, 2.0)
+
+
+def test_pooling_doubles_spacing_and_size_mismatch_suggests_pool(tmp_path):
+    paths = write_volumes(tmp_path, 1, size=16, spacing=(1.0, 1.0, 1.0))
+    pooled = VolumeDataset(paths, IntensityMapping(), image_size=8, pool=2)
+    assert pooled[0].shape == (1, 8, 8, 8) and pooled.spacing == (2.0, 2.0, 2.0)
+    with pytest.raises(DataError, match="data.pool=2"):
+        VolumeDataset(paths, IntensityMapping(), image_size=8)[0]
+
+
+def test_flips_are_reproducible_per_epoch_and_index(tmp_path):
+    paths = write_volumes(tmp_path, 4)
+    dataset = VolumeDataset(paths, IntensityMapping(), image_size=8, flip_axes=(0, 1, 2), seed=3)
+    plain = VolumeDataset(paths, IntensityMapping(), image_size=8)
+    epochs = []
+    for epoch in range(6):
+        dataset.set_epoch(epoch)
+        epochs.append(torch.stack([dataset[i] for i in range(4)]))
+        again = torch.stack([dataset[i] for i in range(4)])
+        assert torch.equal(epochs[-1], again)
+    flipped = [not torch.equal(e, torch.stack([plain[i] for i in range(4)])) for e in epochs]
+    assert any(flipped)
+    for e in epochs:  # a flip only permutes voxels
+        torch.testing.assert_close(e.sum(dim=(2, 3, 4)), torch.stack([plain[i] for i in range(4)]).sum(dim=(2, 3, 4)))
+
+
+def test_split_is_deterministic_and_disjoint(tmp_path):
+    paths = [tmp_path / f"{i}.nii.gz" for i in range(30)]
+    train, val = split_paths(paths, 5, seed=42)
+    assert len(val) == 5 and not set(train) & set(val) and set(train) | set(val) == set(paths)
+    assert split_paths(paths, 5, seed=42) == (train, val)
+    assert split_paths(paths, 5, seed=1)[1] != val
+
+
+def test_resolve_splits_prefers_list_files(tmp_path):
+    write_volumes(tmp_path, 4)
+    (tmp_path / "train.txt").write_text("v00.nii.gz\nv01.nii.gz\nv02.nii.gz\n")
+    (tmp_path / "val.txt").write_text("v03.nii.gz\n")
+    train, val = resolve_splits(DataConfig(root=str(tmp_path)))
+    assert [p.name for p in train] == ["v00.nii.gz", "v01.nii.gz", "v02.nii.gz"]
+    assert [p.name for p in val] == ["v03.nii.gz"]
+
+
+def test_build_datasets_from_folder_and_errors(tmp_path):
+    write_volumes(tmp_path, 12)
+    train, val = build_datasets(DataConfig(dataset="folder", root=str(tmp_path), image_size=8))
+    assert len(train) == 11 and val is not None and len(val) == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no volumes found"):
+        build_datasets(DataConfig(dataset="folder", root=str(empty), image_size=8))
+    with pytest.raises(DataError, match="empty"):
+        VolumeDataset([], IntensityMapping())
+
+
+def test_paper_mode_mapping_is_fitted_for_inversion(tmp_path):
+    write_volumes(tmp_path, 12)
+    train, _ = build_datasets(DataConfig(dataset="folder", root=str(tmp_path), image_size=8, intensity="paper"))
+    assert train.mapping.reference_range is not None
+    assert mapping_from_config(DataConfig()).mode == "hu"

@@ -1,0 +1,130 @@
+"""Checkpoints: atomic saving, safe loading (``weights_only=True``), retention, and pretrained initialisation.
+
+A checkpoint is a plain dict of tensors and primitives:
+``{model, ema, optimizer, scaler, step, epoch, rng, config, meta, version}``. ``meta`` holds what sampling needs
+without the training config: model name and size, diffusion settings, intensity mapping and voxel spacing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from prdit.errors import CheckpointError
+from prdit.io import atomic_write, atomic_write_text
+
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file, fsync, rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    with atomic_write(path, "wb") as handle:
+        torch.save(state, handle)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint without running any code from it; every failure names the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = resolve_latest(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # pickle, zip and EOF errors all mean the same to a user
+        raise CheckpointError(
+            f"{path}: cannot read the checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            "it may be truncated (an interrupted copy?) or not a prdit checkpoint"
+        ) from None
+    if not isinstance(state, dict) or not ({"model", "ema"} & state.keys()):
+        raise CheckpointError(f"{path}: not a prdit checkpoint (no 'model' or 'ema' weights inside)")
+    return state
+
+
+def resolve_latest(folder: str | os.PathLike) -> Path:
+    """The checkpoint a run folder's ``latest`` pointer names (``checkpoints/latest`` or the folder itself)."""
+    folder = Path(folder)
+    for candidate in (folder / "latest", folder / "checkpoints" / "latest"):
+        if candidate.is_file():
+            return candidate.parent / candidate.read_text().strip()
+    raise CheckpointError(f"{folder}: no 'latest' checkpoint pointer in this folder or its checkpoints/ subfolder")
+
+
+def write_checkpoint(state: dict, checkpoint_dir: Path, keep_last: int, is_best: bool = False) -> Path:
+    """Save ``step-NNNNNNN.pt``, point ``latest`` at it, copy to ``best.pt`` if best, keep the last ``keep_last``."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(state, checkpoint_dir / f"step-{state['step']:07d}.pt")
+    atomic_write_text(checkpoint_dir / "latest", path.name + "\n")
+    if is_best:
+        save_checkpoint(state, checkpoint_dir / "best.pt")
+    steps = sorted(
+        (int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))
+    )
+    for _, old in steps[:-keep_last]:
+        old.unlink()
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pretrained initialisation (stage 1 -> stage 2, 128^3 -> 256^3)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    """What happened to each parameter of the model when pretrained weights were loaded."""
+
+    loaded: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)  # in the model, not in the checkpoint: keep their fresh init
+    reshaped: list[str] = field(default_factory=list)  # in both with different shapes: fresh init
+    unused: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded)} loaded", f"{len(self.new)} new"]
+        if self.reshaped:
+            parts.append(f"{len(self.reshaped)} reshaped (re-initialised): {', '.join(self.reshaped[:4])}")
+        if self.unused:
+            parts.append(f"{len(self.unused)} unused: {', '.join(self.unused[:4])}")
+        return ", ".join(parts)
+
+
+def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, weights: str = "ema") -> LoadReport:
+    """Copy the matching tensors of a checkpoint into ``model``; everything else keeps its fresh initialisation.
+
+    Refuses (naming the differing keys) a checkpoint that shares no tensor with the model, or that would leave
+    part of the local denoiser unloaded: that means another architecture, not a stage-1 -> stage-2 handoff.
+    """
+    state = load_checkpoint(path)
+    source = state.get(weights) or state.get("model")
+    if source is None:
+        raise CheckpointError(f"{path}: no '{weights}' weights in the checkpoint")
+    target = model.state_dict()
+    report = LoadReport()
+    for key, tensor in target.items():
+        if key not in source:
+            report.new.append(key)
+        elif source[key].shape != tensor.shape:
+            report.reshaped.append(f"{key} {tuple(source[key].shape)}->{tuple(tensor.shape)}")
+        else:
+            report.loaded.append(key)
+    report.unused = [key for key in source if key not in target]
+    local_prefixes = tuple(f"{name}." for name in model.local_module_names)
+    mismatched_local = [k for k in report.reshaped + report.new if k.startswith(local_prefixes)]
+    if not report.loaded or mismatched_local:
+        described = ", ".join((mismatched_local or report.reshaped or report.new)[:6])
+        source_name = state.get("meta", {}).get("model_name", "unknown")
+        raise CheckpointError(
+            f"{path}: checkpoint of {source_name} does not fit {getattr(model, 'name', type(model).__name__)}; "
+            f"differing keys: {described}"
+        )
+    with torch.no_grad():
+        for key in report.loaded:
+            target[key].copy_(source[key])
+    return report
+

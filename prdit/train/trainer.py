@@ -1,0 +1,337 @@
+"""Two-stage PRDiT training: stage 1 trains the local denoiser (depth 0); stage 2 freezes it and trains the
+global residual DiT on top. One loop serves both, on one CPU or many GPUs (torchrun + DDP)."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from prdit import __version__
+from prdit.config import Config, config_from_dict, save_config
+from prdit.data.dataset import build_datasets, ensure_phantom_data
+from prdit.diffusion import create_diffusion
+from prdit.errors import ConfigError, PrditError
+from prdit.models import create_model
+from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator
+from prdit.train.checkpoint import LoadReport, load_checkpoint, load_pretrained, write_checkpoint
+from prdit.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, setup_distributed
+from prdit.train.ema import create_ema, ema_decay_at, update_ema
+from prdit.train.logger import RunLogger, plot_loss_curve
+
+
+@dataclass
+class TrainOptions:
+    """The command-line switches of ``train.py`` / ``prdit train``."""
+
+    resume: bool = False
+    debug: bool = False
+    from_scratch: bool = False
+    init_from: str | None = None
+    run_dir: str | None = None
+    progress: bool = True
+
+
+def debug_config(config: Config) -> Config:
+    """A tiny run of the same model and data: few steps, small batches, frequent logging, its own results folder."""
+    values = config.to_dict()
+    values["training"].update(total_steps=min(config.training.total_steps, 8), global_batch_size=2, micro_batch_size=1)
+    values["logging"].update(log_every=1, ckpt_every=4, eval_every=4, num_preview_samples=1)
+    values["data"]["phantom"]["num"] = min(config.data.phantom.num, 8)
+    values["output"]["results_dir"] = str(Path(config.output.results_dir) / "debug")
+    return config_from_dict(values, "debug config")
+
+
+def run_name(config: Config) -> str:
+    return config.output.run_name or config.model.name.replace("/", "-")
+
+
+def new_run_dir(config: Config) -> Path:
+    """``results/<NNN>-<name>/`` with the next free number."""
+    root = Path(config.output.results_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    numbers = [int(m.group(1)) for p in root.iterdir() if (m := re.match(r"^(\d{3,})-", p.name))]
+    path = root / f"{max(numbers, default=0) + 1:03d}-{run_name(config)}"
+    path.mkdir()
+    return path
+
+
+def latest_run_dir(config: Config) -> Path:
+    """The most recent run of this config's name that has a checkpoint (for ``--resume_training``)."""
+    root = Path(config.output.results_dir)
+    runs = sorted(
+        (p for p in root.glob(f"*-{run_name(config)}") if (p / "checkpoints" / "latest").exists()),
+        key=lambda p: int(p.name.split("-", 1)[0]),
+    ) if root.exists() else []
+    if not runs:
+        raise PrditError(
+            f"--resume_training: no run of {run_name(config)} with a checkpoint under {root}/; "
+            "start a new run without --resume_training or pass --run-dir"
+        )
+    return runs[-1]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# State that makes a run reproducible
+# ----------------------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)), "pos": numpy_state["state"]["pos"]},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    np.random.set_state(
+        {"bit_generator": "MT19937", "state": {"key": state["numpy"]["key"].numpy().astype(np.uint32), "pos": state["numpy"]["pos"]},
+         "has_gauss": 0, "gauss": 0.0}
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def autocast_context(config: Config, device: torch.device):
+    precision = config.training.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Model, optimiser and stage handling
+# ----------------------------------------------------------------------------------------------------------
+
+
+def build_model(config: Config, out_channels: int) -> torch.nn.Module:
+    return create_model(
+        config.model.name,
+        input_size=config.data.image_size,
+        in_channels=config.model.in_channels,
+        out_channels=out_channels,
+        stride=config.model.stride,
+        grad_checkpoint=config.model.grad_checkpoint,
+    )
+
+
+def initialise_from_pretrained(model, config: Config, options: TrainOptions) -> LoadReport | None:
+    """Stage 2 starts from a stage-1 (or lower-resolution) checkpoint and freezes the local denoiser."""
+    path = options.init_from or config.model.pretrained_path
+    if options.from_scratch or path is None:
+        if model.depth > 0 and not options.from_scratch:
+            raise ConfigError(
+                f"{model.name} is a stage-2 model: set model.pretrained_path to the stage-1 run (or checkpoint), "
+                "or pass --from_scratch to train every part from random initialisation"
+            )
+        return None
+    report = load_pretrained(model, path, weights=config.model.pretrained_weights)
+    if model.depth > 0:
+        model.freeze_local_denoiser()
+    return report
+
+
+def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim.Optimizer:
+    """AdamW; trainable weights loaded from a checkpoint (``fine_tuned``) use ``fine_tune_lr``, new ones the full LR."""
+    loaded = set(fine_tuned)
+    fine_lr = config.training.fine_tune_lr or config.training.lr
+    fresh, tuned = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (tuned if name in loaded else fresh).append(parameter)
+    groups = [{"params": fresh, "lr": config.training.lr, "base_lr": config.training.lr}]
+    if tuned:
+        groups.append({"params": tuned, "lr": fine_lr, "base_lr": fine_lr})
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(
+        groups, betas=tuple(config.training.betas), weight_decay=config.training.weight_decay, fused=fused or None,
+        foreach=None if fused else True,
+    )
+
+
+@torch.no_grad()
+def validation_mse(model, diffusion, volumes: torch.Tensor, t: int, seed: int, autocast) -> float:
+    """MSE of x0_hat against x0 at a fixed timestep and fixed noise: a cheap, comparable denoising score."""
+    generator = torch.Generator(device=volumes.device).manual_seed(seed)
+    noise = torch.randn(volumes.shape, generator=generator, device=volumes.device)
+    timesteps = torch.full((volumes.shape[0],), float(t), device=volumes.device)
+    x_t = diffusion.q_sample(volumes, timesteps, noise)
+    with autocast:
+        x0_hat = diffusion.predict_x0(model, x_t, timesteps)
+    return float(torch.mean((x0_hat.float() - volumes) ** 2))
+
+
+def save_previews(model, diffusion, train_set, run_dir: Path, step: int, count: int, device, autocast) -> Path:
+    from prdit.preview import save_grid
+
+    generator = torch.Generator(device=device).manual_seed(0)
+    shape = (count, model.in_channels) + (train_set.image_size,) * 3
+    with torch.no_grad(), autocast:
+        samples = diffusion.sample(model, shape, generator=generator, progress=False)
+    hu = train_set.mapping.to_hu(samples.float()[:, 0].cpu().numpy())
+    return save_grid(list(hu), run_dir / "previews" / f"step-{step:07d}.png", spacing=train_set.spacing, titles=[f"step {step}"] * count)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------
+
+
+def train(config: Config, options: TrainOptions | None = None) -> Path:
+    """Train one stage; returns the run directory. Works under ``torchrun`` (DDP) and as a single process."""
+    options = options or TrainOptions()
+    if options.debug:
+        config = debug_config(config)
+    info = setup_distributed(config.training.device)
+    seed_everything(config.training.seed + info.rank)
+    tcfg, lcfg = config.training, config.logging
+
+    if config.data.dataset == "phantom" and info.is_main:
+        ensure_phantom_data(config.data, progress=options.progress)
+    barrier(info)
+    train_set, val_set = build_datasets(config.data, seed=tcfg.seed, progress=options.progress)
+    diffusion = create_diffusion(config.diffusion)
+    model = build_model(config, diffusion.model_out_channels).to(info.device)
+    micro_batch, accumulation = batch_layout(tcfg.global_batch_size, info.world_size, tcfg.micro_batch_size)
+
+    start_step, best_val, report = 0, math.inf, None
+    if options.resume:
+        run_dir = Path(options.run_dir) if options.run_dir else latest_run_dir(config)
+        state = load_checkpoint(run_dir / "checkpoints", map_location=info.device)
+        model.load_state_dict(state["model"])
+        if state["meta"]["local_frozen"]:
+            model.freeze_local_denoiser()
+        fine_tuned = state["meta"]["fine_tuned"]
+        ema = create_ema(model)
+        ema.load_state_dict(state["ema"])
+        optimizer = build_optimizer(model, config, fine_tuned)
+        optimizer.load_state_dict(state["optimizer"])
+        start_step, best_val = state["step"], state["best_val"]
+        ranks = state["rng"]
+        set_rng_state(ranks[info.rank] if info.rank < len(ranks) else ranks[0])
+    else:
+        report = initialise_from_pretrained(model, config, options)
+        fine_tuned = report.loaded if report else []
+        ema = create_ema(model)
+        optimizer = build_optimizer(model, config, fine_tuned)
+        run_dir = Path(all_gather_objects(str(new_run_dir(config)) if info.is_main else None, info)[0])
+    if info.is_main:
+        save_config(config, run_dir / "config.yaml")
+        if report:
+            print(f"[prdit] initialised from {options.init_from or config.model.pretrained_path}: {report.summary()}")
+    logger = RunLogger(run_dir, info.is_main, lcfg.tensorboard)
+
+    network = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
+    if tcfg.compile:
+        network = torch.compile(network)
+    if info.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = autocast_context(config, info.device)
+    sampler = StepBatchSampler(tcfg.global_batch_size, info.rank, info.world_size, micro_batch, start_step, tcfg.total_steps)
+    loader = DataLoader(
+        StreamDataset(train_set, tcfg.seed), batch_sampler=sampler, num_workers=config.data.num_workers,
+        pin_memory=info.device.type == "cuda", persistent_workers=config.data.num_workers > 0,
+    )
+    eval_volumes = torch.stack([(val_set or train_set)[i] for i in range(min(4, len(val_set or train_set)))]).to(info.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def checkpoint_state(step: int) -> dict:
+        rng = all_gather_objects(rng_state(), info)
+        meta = {
+            "model_name": model.name, "input_size": config.data.image_size, "stride": model.stride, "in_channels": model.in_channels,
+            "out_channels": diffusion.model_out_channels, "depth": model.depth, "local_frozen": model.local_denoiser_frozen,
+            "fine_tuned": fine_tuned, "intensity": train_set.mapping.to_dict(), "spacing": list(train_set.spacing),
+            "diffusion": config.diffusion.model_dump(mode="json"),
+        }
+        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "epoch": step * tcfg.global_batch_size // len(train_set), "best_val": best_val, "rng": rng,
+                "config": config.to_dict(), "meta": meta, "version": __version__}
+
+    batches = iter(loader)
+    bad_in_a_row, skipped, running_loss = 0, 0, None
+    bar = tqdm(range(start_step, tcfg.total_steps), initial=start_step, total=tcfg.total_steps, disable=not (options.progress and info.is_main),
+               desc=f"train {model.name}", dynamic_ncols=True)
+    started = time.perf_counter()
+    try:
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * min(1.0, (step + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else group["base_lr"]
+            loss_sum = torch.zeros((), device=info.device)
+            for micro, offset in enumerate(sampler.micro_offsets(step)):
+                x0 = next(batches).to(info.device, non_blocking=True)
+                last = micro == accumulation - 1
+                with (network.no_sync() if info.enabled and not last else nullcontext()), autocast:
+                    loss = diffusion.training_loss(network, x0, generator=noise_generator(tcfg.seed, offset, info.device))
+                (loss / accumulation).backward()
+                loss_sum += loss.detach().float()
+            loss_value = float(all_reduce_mean(loss_sum / accumulation, info))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip or math.inf))
+            spike = tcfg.spike_factor > 0 and running_loss is not None and step > 100 and loss_value > tcfg.spike_factor * running_loss
+            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or spike:
+                optimizer.zero_grad(set_to_none=True)
+                bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
+                logger.log({"step": step + 1, "skipped_step": True, "loss": loss_value, "grad_norm": grad_norm, "skipped_total": skipped})
+                if bad_in_a_row >= tcfg.max_bad_steps:
+                    raise PrditError(
+                        f"{bad_in_a_row} steps in a row had a non-finite or exploding loss (last {loss_value:.4g}); "
+                        "lower training.lr, check the data for NaN/extreme values, or set training.precision=fp32"
+                    )
+                continue
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            update_ema(ema, model, ema_decay_at(step, tcfg.ema_decay, tcfg.ema_warmup))
+            bad_in_a_row = 0
+            running_loss = loss_value if running_loss is None else 0.99 * running_loss + 0.01 * loss_value
+            done = step + 1
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if done % lcfg.log_every == 0 or done == tcfg.total_steps:
+                elapsed = time.perf_counter() - started
+                logger.log({"step": done, "loss": loss_value, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
+                            "steps_per_s": (done - start_step) / elapsed, "skipped_total": skipped})
+            is_best = False
+            if done % lcfg.eval_every == 0 or done == tcfg.total_steps:
+                val = validation_mse(ema, diffusion, eval_volumes, lcfg.eval_t, tcfg.seed, autocast)
+                is_best, best_val = val < best_val, min(val, best_val)
+                logger.log({"step": done, "val_mse": val})
+                if info.is_main and model.depth > 0 and lcfg.num_preview_samples:
+                    save_previews(ema, diffusion, train_set, run_dir, done, lcfg.num_preview_samples, info.device, autocast)
+            if done % lcfg.ckpt_every == 0 or done == tcfg.total_steps:
+                state = checkpoint_state(done)
+                if info.is_main:
+                    write_checkpoint(state, run_dir / "checkpoints", config.output.keep_last, is_best=is_best)
+                barrier(info)
+    except torch.OutOfMemoryError:
+        raise PrditError(
+            f"out of memory at batch {micro_batch} per forward on {info.device}: lower training.micro_batch_size "
+            "(the global batch is kept by gradient accumulation), set model.grad_checkpoint=true, or use training.precision=bf16"
+        ) from None
+    finally:
+        bar.close()
+        logger.close()
+    if info.is_main:
+        plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png", title=f"{model.name} on {config.data.dataset}")
+    return run_dir

@@ -24,7 +24,8 @@ from prdit.models.global_dit import GlobalDiT
 from prdit.models.local_denoiser import LocalDenoiser
 from prdit.models.tokens import extract_tokens, tile_tokens, token_grid
 
-STAGE1_PREFIXES = ("time_embed.", "coarse_head.", "local_denoiser.")
+LOCAL_MODULE_NAMES = ("time_embed", "coarse_head", "local_denoiser")
+STAGE1_PREFIXES = tuple(f"{name}." for name in LOCAL_MODULE_NAMES)
 
 
 class TimestepEmbedder(nn.Module):
@@ -56,6 +57,8 @@ class PRDiT(nn.Module):
     [eps_hat, x0_hat] (one velocity head when ``out_channels == 1``). ``return_parts=True`` gives
     ``(coarse, fine)`` with ``coarse + fine`` the output; ``fine`` is all zeros for depth 0.
     """
+
+    local_module_names = LOCAL_MODULE_NAMES
 
     def __init__(
         self,

@@ -111,7 +111,9 @@ class LoggingConfig(Section):
     eval_every: int = Field(1000, ge=1)
     tensorboard: bool = True
     num_preview_samples: int = Field(2, ge=0)
-    eval_t: int = Field(500, ge=0, description="stage-1 validation: MSE of x0_hat at this timestep")
+    eval_noise_level: float = Field(
+        0.5, ge=0, le=1, description="validation: MSE of x0_hat at this noise level (0 clean .. 1 pure noise)"
+    )
 
 
 class Config(Section):

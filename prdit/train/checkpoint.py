@@ -30,11 +30,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint without running any code from it; every failure names the file."""
-    path = Path(path)
-    if path.is_dir():
-        path = resolve_latest(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+    path = resolve_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # pickle, zip and EOF errors all mean the same to a user
@@ -45,6 +41,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or not ({"model", "ema"} & state.keys()):
         raise CheckpointError(f"{path}: not a prdit checkpoint (no 'model' or 'ema' weights inside)")
     return state
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, a run folder (its latest checkpoint) or a run pattern such as ``results/*-PRDiT-B-12-0``
+    (the highest-numbered matching run: stage-2 configs name their stage-1 run this way)."""
+    text = str(path)
+    if any(char in text for char in "*?["):
+        runs = [p for p in Path(text).parent.glob(Path(text).name) if p.is_dir()]
+        numbered = sorted(runs, key=lambda p: (int(m.group(1)) if (m := re.match(r"^(\d+)-", p.name)) else -1, p.name))
+        if not numbered:
+            raise CheckpointError(f"{text}: no run folder matches; train that stage first or give the checkpoint path")
+        path = numbered[-1]
+    path = Path(path)
+    if path.is_dir():
+        path = resolve_latest(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return path
 
 
 def resolve_latest(folder: str | os.PathLike) -> Path:

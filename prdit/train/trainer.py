@@ -66,8 +66,8 @@ def new_run_dir(config: Config) -> Path:
     return path
 
 
-def latest_run_dir(config: Config) -> Path:
-    """The most recent run of this config's name that has a checkpoint (for ``--resume_training``)."""
+def latest_run_dir(config: Config, needed_by: str = "--resume_training") -> Path:
+    """The most recent run of this config's name that has a checkpoint (for ``--resume_training``, sampling)."""
     root = Path(config.output.results_dir)
     runs = sorted(
         (p for p in root.glob(f"*-{run_name(config)}") if (p / "checkpoints" / "latest").exists()),
@@ -75,8 +75,9 @@ def latest_run_dir(config: Config) -> Path:
     ) if root.exists() else []
     if not runs:
         raise PrditError(
-            f"--resume_training: no run of {run_name(config)} with a checkpoint under {root}/; "
-            "start a new run without --resume_training or pass --run-dir"
+            f"{needed_by}: no run of {run_name(config)} with a checkpoint under {root}/; "
+            + ("start a new run without --resume_training or pass --run-dir" if needed_by == "--resume_training"
+               else "train it first or pass --ckpt")
         )
     return runs[-1]
 
@@ -173,11 +174,11 @@ def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim
 
 
 @torch.no_grad()
-def validation_mse(model, diffusion, volumes: torch.Tensor, t: int, seed: int, autocast) -> float:
-    """MSE of x0_hat against x0 at a fixed timestep and fixed noise: a cheap, comparable denoising score."""
+def validation_mse(model, diffusion, volumes: torch.Tensor, noise_level: float, seed: int, autocast) -> float:
+    """MSE of x0_hat against x0 at a fixed noise level and fixed noise: a cheap, comparable denoising score."""
     generator = torch.Generator(device=volumes.device).manual_seed(seed)
     noise = torch.randn(volumes.shape, generator=generator, device=volumes.device)
-    timesteps = torch.full((volumes.shape[0],), float(t), device=volumes.device)
+    timesteps = torch.full((volumes.shape[0],), diffusion.noise_level_timestep(noise_level), device=volumes.device)
     x_t = diffusion.q_sample(volumes, timesteps, noise)
     with autocast:
         x0_hat = diffusion.predict_x0(model, x_t, timesteps)
@@ -291,30 +292,30 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
             loss_value = float(all_reduce_mean(loss_sum / accumulation, info))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip or math.inf))
             spike = tcfg.spike_factor > 0 and running_loss is not None and step > 100 and loss_value > tcfg.spike_factor * running_loss
+            done = step + 1
             if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or spike:
                 optimizer.zero_grad(set_to_none=True)
                 bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
-                logger.log({"step": step + 1, "skipped_step": True, "loss": loss_value, "grad_norm": grad_norm, "skipped_total": skipped})
+                logger.log({"step": done, "skipped_step": True, "loss": loss_value, "grad_norm": grad_norm, "skipped_total": skipped})
                 if bad_in_a_row >= tcfg.max_bad_steps:
                     raise PrditError(
                         f"{bad_in_a_row} steps in a row had a non-finite or exploding loss (last {loss_value:.4g}); "
                         "lower training.lr, check the data for NaN/extreme values, or set training.precision=fp32"
                     )
-                continue
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            update_ema(ema, model, ema_decay_at(step, tcfg.ema_decay, tcfg.ema_warmup))
-            bad_in_a_row = 0
-            running_loss = loss_value if running_loss is None else 0.99 * running_loss + 0.01 * loss_value
-            done = step + 1
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-            if done % lcfg.log_every == 0 or done == tcfg.total_steps:
-                elapsed = time.perf_counter() - started
-                logger.log({"step": done, "loss": loss_value, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
-                            "steps_per_s": (done - start_step) / elapsed, "skipped_total": skipped})
+            else:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                update_ema(ema, model, ema_decay_at(step, tcfg.ema_decay, tcfg.ema_warmup))
+                bad_in_a_row = 0
+                running_loss = loss_value if running_loss is None else 0.99 * running_loss + 0.01 * loss_value
+                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                if done % lcfg.log_every == 0 or done == tcfg.total_steps:
+                    elapsed = time.perf_counter() - started
+                    logger.log({"step": done, "loss": loss_value, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
+                                "steps_per_s": (done - start_step) / elapsed, "skipped_total": skipped})
             is_best = False
             if done % lcfg.eval_every == 0 or done == tcfg.total_steps:
-                val = validation_mse(ema, diffusion, eval_volumes, lcfg.eval_t, tcfg.seed, autocast)
+                val = validation_mse(ema, diffusion, eval_volumes, lcfg.eval_noise_level, tcfg.seed, autocast)
                 is_best, best_val = val < best_val, min(val, best_val)
                 logger.log({"step": done, "val_mse": val})
                 if info.is_main and model.depth > 0 and lcfg.num_preview_samples:

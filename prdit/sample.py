@@ -1,0 +1,219 @@
+"""Sampling: a checkpoint -> CT volumes in Hounsfield units, as NIfTI files 3D Slicer opens with the right geometry.
+
+>>> import prdit
+>>> pipeline = prdit.load_pipeline("results/002-PRDiT-B-12-4")      # a run folder or a checkpoint file
+>>> volumes = pipeline.sample(4, seed=0)                             # [4, 1, D, H, W] in HU
+>>> pipeline.save_nifti(volumes, "samples/")
+
+Every volume depends only on its own seed: the same seed gives the same volume whatever the batch size, the
+number of processes or the device order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from prdit import __version__
+from prdit.data.intensity import IntensityMapping
+from prdit.diffusion import create_diffusion
+from prdit.errors import CheckpointError, PrditError
+from prdit.io import atomic_write_text, save_nifti, sha256_file
+from prdit.models import create_model
+from prdit.train.checkpoint import load_checkpoint, resolve_checkpoint
+
+
+def volume_name(seed: int) -> str:
+    return f"sample_{seed:06d}"
+
+
+@dataclass
+class Pipeline:
+    """A trained PRDiT with its diffusion process and intensity mapping, ready to sample HU volumes."""
+
+    model: torch.nn.Module
+    diffusion: object
+    mapping: IntensityMapping
+    spacing: tuple[float, float, float]
+    input_size: int
+    device: torch.device
+    checkpoint: Path
+    checkpoint_sha256: str
+    weights: str = "ema"
+    precision: str = "auto"
+    info: dict = field(default_factory=dict)
+
+    def _autocast(self):
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+    def initial_noise(self, seed: int) -> torch.Tensor:
+        """The starting noise of the volume with this seed (drawn on the CPU so every device agrees)."""
+        generator = torch.Generator().manual_seed(seed)
+        shape = (1, self.model.in_channels) + (self.input_size,) * 3
+        return torch.randn(shape, generator=generator)
+
+    @torch.no_grad()
+    def sample_model_space(
+        self, seeds: list[int], steps: int | None = None, sampler: str | None = None, progress: bool = False,
+        return_x0: bool = False,
+    ):
+        """One batch of volumes in model space [-1, 1] (and the final x0_hat when ``return_x0``)."""
+        noise = torch.cat([self.initial_noise(seed) for seed in seeds]).to(self.device)
+        generators = [torch.Generator(device=self.device).manual_seed(seed + 1) for seed in seeds]
+        with self._autocast():
+            result = self.diffusion.sample(
+                self.model, tuple(noise.shape), sampler=sampler, steps=steps, generator=generators, noise=noise,
+                progress=progress, return_x0=return_x0,
+            )
+        return tuple(r.float() for r in result) if return_x0 else result.float()
+
+    def sample(
+        self, n: int, steps: int | None = None, sampler: str | None = None, seed: int = 0, batch_size: int | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """``n`` volumes in HU, [n, 1, D, H, W] on the CPU; volume i uses seed ``seed + i``."""
+        seeds = list(range(seed, seed + n))
+        batch_size = batch_size or n
+        chunks = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
+        volumes = [
+            self.mapping.to_hu(self.sample_model_space(chunk, steps, sampler).cpu())
+            for chunk in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) == 1)
+        ]
+        return torch.cat(volumes)
+
+    def sidecar(self, seed: int, sampler: str, steps: int) -> dict:
+        return {
+            "prdit_version": __version__,
+            "model": self.model.name,
+            "checkpoint": str(self.checkpoint),
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "weights": self.weights,
+            "sampler": sampler,
+            "steps": steps,
+            "network_calls": self.diffusion.network_calls(sampler, steps),
+            "seed": seed,
+            "intensity": self.mapping.to_dict(),
+            "spacing_mm": list(self.spacing),
+            "units": "HU",
+            **self.info,
+        }
+
+    def save_nifti(
+        self, volumes: torch.Tensor | np.ndarray, out_dir: str | os.PathLike, seeds: list[int] | None = None,
+        overwrite: bool = False, sampler: str | None = None, steps: int | None = None, previews: bool = True,
+    ) -> list[Path]:
+        """Write each HU volume as ``sample_<seed>.nii.gz`` (int16, real affine) + JSON sidecar + PNG montage."""
+        from prdit.preview import save_montage
+
+        out_dir = Path(out_dir)
+        volumes = np.asarray(volumes.cpu() if isinstance(volumes, torch.Tensor) else volumes)
+        seeds = seeds if seeds is not None else list(range(len(volumes)))
+        sampler = sampler or self.diffusion.default_sampler
+        steps = steps or self.diffusion.default_steps(sampler)
+        paths = []
+        for seed, volume in zip(seeds, volumes):
+            hu = volume[0] if volume.ndim == 4 else volume
+            path = save_nifti(out_dir / f"{volume_name(seed)}.nii.gz", hu, self.spacing, dtype=np.int16, overwrite=overwrite)
+            atomic_write_text(out_dir / f"{volume_name(seed)}.json", json.dumps(self.sidecar(seed, sampler, steps), indent=2))
+            if previews:
+                save_montage(hu, out_dir / f"{volume_name(seed)}.png", spacing=self.spacing, title=f"{self.model.name} seed {seed}")
+            paths.append(path)
+        return paths
+
+
+def load_pipeline(
+    ckpt: str | os.PathLike, device: str | torch.device | None = None, use_ema: bool = True, precision: str = "auto",
+) -> Pipeline:
+    """Load a checkpoint file, a run folder (its ``latest`` checkpoint) or a run pattern for sampling."""
+    path = resolve_checkpoint(ckpt)
+    state = load_checkpoint(path)
+    meta = state.get("meta")
+    if not meta:
+        raise CheckpointError(f"{path}: the checkpoint has no 'meta' entry (model name, size); was it written by prdit?")
+    weights = "ema" if use_ema and "ema" in state else "model"
+    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    diffusion = create_diffusion(_namespace(meta["diffusion"]))
+    model = create_model(meta["model_name"], input_size=meta["input_size"], in_channels=meta["in_channels"],
+                         out_channels=meta["out_channels"], stride=meta["stride"])
+    try:
+        model.load_state_dict(state[weights])
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit {meta['model_name']}: {str(error).splitlines()[1][:300]}") from None
+    model.to(device).eval().requires_grad_(False)
+    return Pipeline(
+        model=model, diffusion=diffusion, mapping=IntensityMapping.from_dict(meta["intensity"]), spacing=tuple(meta["spacing"]),
+        input_size=meta["input_size"], device=device, checkpoint=path, checkpoint_sha256=sha256_file(path), weights=weights,
+        precision=precision, info={"trained_steps": state.get("step")},
+    )
+
+
+def _namespace(values: dict):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**values)
+
+
+def sample_to_folder(
+    pipeline: Pipeline, out_dir: str | os.PathLike, num_volumes: int, batch_size: int = 1, seed: int = 0,
+    sampler: str | None = None, steps: int | None = None, overwrite: bool = False, rank: int = 0, world_size: int = 1,
+    progress: bool = True, save_raw: bool = False, save_x0: bool = False, grid: bool = True,
+) -> list[Path]:
+    """Sample volumes ``seed .. seed + num_volumes - 1`` into ``out_dir``; existing ones are kept and skipped.
+
+    With several processes, rank r takes every world_size-th seed. Returns the NIfTI paths this call wrote.
+    """
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PrditError(f"{out_dir}: output folder is not writable ({error.strerror}); choose another --output-dir") from None
+    sampler = sampler or pipeline.diffusion.default_sampler
+    steps = steps or pipeline.diffusion.default_steps(sampler)
+    seeds = list(range(seed, seed + num_volumes))[rank::world_size]
+    todo = [s for s in seeds if overwrite or not (out_dir / f"{volume_name(s)}.nii.gz").exists()]
+    if len(todo) < len(seeds) and rank == 0:
+        print(f"[prdit] {len(seeds) - len(todo)} volume(s) already in {out_dir}: skipped (pass --overwrite to redo them)")
+    written: list[Path] = []
+    bar = tqdm(total=len(todo), desc=f"sampling {pipeline.model.name} ({sampler}, {steps} steps)", unit="vol", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        began = time.perf_counter()
+        x, x0 = pipeline.sample_model_space(chunk, steps, sampler, progress=False, return_x0=True)
+        pipeline.info["seconds_per_volume"] = round((time.perf_counter() - began) / len(chunk), 3)
+        hu = pipeline.mapping.to_hu(x.cpu())
+        written += pipeline.save_nifti(hu, out_dir, seeds=chunk, overwrite=overwrite, sampler=sampler, steps=steps)
+        for extra, enabled, suffix in ((x, save_raw, "raw"), (x0, save_x0, "x0")):
+            if enabled:
+                for s, volume in zip(chunk, extra.cpu().numpy()):
+                    save_nifti(out_dir / f"{volume_name(s)}_{suffix}.nii.gz", volume[0], pipeline.spacing, overwrite=True)
+        bar.update(len(chunk))
+    bar.close()
+    if grid and rank == 0:
+        write_grid(out_dir, pipeline.spacing)
+    return written
+
+
+def write_grid(out_dir: Path, spacing: tuple[float, float, float], limit: int = 16) -> Path | None:
+    """One PNG with a tile per sampled volume in ``out_dir`` (the first ``limit``)."""
+    from prdit.io import load_volume
+    from prdit.preview import save_grid
+
+    paths = sorted(out_dir.glob("sample_*[0-9].nii.gz"))[:limit]
+    if not paths:
+        return None
+    return save_grid([load_volume(p).array for p in paths], out_dir / "samples_grid.png", spacing=spacing,
+                     titles=[p.name.split(".")[0] for p in paths])

@@ -1,0 +1,87 @@
+"""Checkpoints are written atomically, read safely, retained as configured, and hand stage 1 over to stage 2."""
+
+import pytest
+import torch
+
+from prdit.errors import CheckpointError
+from prdit.models import create_model
+from prdit.train import checkpoint as ckpt
+
+
+def tiny(depth: int, size: int = 16):
+    return create_model(f"PRDiT-T/6/{depth}", input_size=size, stride=4)
+
+
+def state_of(model, step: int = 1) -> dict:
+    return {"model": model.state_dict(), "ema": model.state_dict(), "step": step, "meta": {"model_name": model.name}}
+
+
+def test_round_trip_and_latest_pointer_with_retention(tmp_path):
+    model = tiny(0)
+    for step in (1, 2, 3, 4):
+        ckpt.write_checkpoint(state_of(model, step), tmp_path, keep_last=2, is_best=step == 2)
+    assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-0000003.pt", "step-0000004.pt"]
+    assert ckpt.resolve_latest(tmp_path).name == "step-0000004.pt"
+    assert ckpt.load_checkpoint(tmp_path / "best.pt")["step"] == 2
+    loaded = ckpt.load_checkpoint(tmp_path)
+    assert loaded["step"] == 4
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded["model"][key], value)
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "step-0000001.pt"
+    ckpt.save_checkpoint({"model": {"w": torch.ones(3)}, "step": 1}, path)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 2}, path)
+    monkeypatch.undo()
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_truncated_and_foreign_files_are_reported_by_name(tmp_path):
+    good = ckpt.save_checkpoint(state_of(tiny(0)), tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated.pt: cannot read the checkpoint"):
+        ckpt.load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.ones(1)}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt: not a prdit checkpoint"):
+        ckpt.load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_run_pattern_resolves_to_the_newest_numbered_run(tmp_path):
+    for number in (2, 10):
+        run = tmp_path / f"{number:03d}-PRDiT-T-6-0" / "checkpoints"
+        ckpt.write_checkpoint(state_of(tiny(0), number), run, keep_last=1)
+    assert ckpt.load_checkpoint(tmp_path / "*-PRDiT-T-6-0")["step"] == 10
+    with pytest.raises(CheckpointError, match="no run folder matches"):
+        ckpt.resolve_checkpoint(tmp_path / "*-PRDiT-B-12-0")
+
+
+def test_stage1_checkpoint_initialises_stage2_exactly(tmp_path):
+    torch.manual_seed(0)
+    stage1 = tiny(0)
+    with torch.no_grad():  # a trained stage 1 is not zero-initialised: make its output non-trivial
+        for p in stage1.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = ckpt.save_checkpoint(state_of(stage1), tmp_path / "stage1.pt")
+    stage2 = tiny(2)
+    report = ckpt.load_pretrained(stage2, path)
+    assert report.loaded and all(k.startswith(("dit.", "fine_head.")) for k in report.new)
+    x, t = torch.randn(2, 1, 16, 16, 16), torch.tensor([10.0, 900.0])
+    torch.testing.assert_close(stage2(x, t), stage1(x, t), rtol=0, atol=0)
+
+
+def test_other_architecture_is_refused_with_the_differing_keys(tmp_path):
+    path = ckpt.save_checkpoint(state_of(create_model("PRDiT-T/10/0", input_size=16, stride=8)), tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not fit PRDiT-T/6/2; differing keys: .*local_denoiser"):
+        ckpt.load_pretrained(tiny(2), path)

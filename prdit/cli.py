@@ -252,6 +252,67 @@ def _run_sample(args: argparse.Namespace) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# prdit demo
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_demo_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="end to end on phantom chest CT: data -> stage 1 -> stage 2 -> samples -> metrics -> index.md",
+        description=(
+            "Generate phantom chest CTs, train both PRDiT stages briefly, sample NIfTI volumes in HU (from the shipped "
+            "phantom model, and from the model just trained), compute metrics, and write OUT/index.md with the "
+            "pictures and numbers. About 10-15 minutes on 2 CPU cores; --quick is a <= 3-minute smoke run."
+        ),
+    )
+    parser.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny training and 2 samples (<= 3 minutes)")
+    parser.add_argument("--train-full", dest="train_full", action="store_true",
+                        help="train the full phantom recipe (configs/phantom; hours on CPU) and sample from it instead of the shipped model")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    parser.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    from prdit.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, train_full=args.train_full, device=args.device, progress=args.progress,
+             overwrite=args.overwrite)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# prdit export
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_export_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint's weights to a small .safetensors file for sharing and sampling",
+        description="Write the EMA (or raw) weights of a checkpoint, fp16 by default, with the metadata sampling needs "
+                    "(model, diffusion, intensity mapping, spacing) as .safetensors: no optimizer state, no pickle.",
+    )
+    parser.add_argument("ckpt", help="checkpoint file or run folder")
+    parser.add_argument("--out", required=True, help="output .safetensors path")
+    parser.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights (default ema)")
+    parser.add_argument("--fp32", action="store_true", help="keep float32 (default: float16, half the size)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> None:
+    from prdit.train.checkpoint import export_weights
+
+    if not args.out.endswith(".safetensors"):
+        raise PrditError(f"--out {args.out}: use a .safetensors file name")
+    path = export_weights(args.ckpt, args.out, weights=args.weights, half=not args.fp32, overwrite=args.overwrite)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
     _add_phantom_parser(data_commands)
 
+    _add_demo_parser(commands)
     _add_train_parser(commands)
     _add_sample_parser(commands)
+    _add_export_parser(commands)
     _add_preview_parser(commands)
     _add_config_parser(commands)
     return parser

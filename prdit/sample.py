@@ -23,12 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from prdit import __version__
+from prdit.config import DiffusionConfig
 from prdit.data.intensity import IntensityMapping
 from prdit.diffusion import create_diffusion
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import atomic_write_text, save_nifti, sha256_file
 from prdit.models import create_model
-from prdit.train.checkpoint import load_checkpoint, resolve_checkpoint
+from prdit.train.checkpoint import load_checkpoint, load_exported, resolve_checkpoint
 
 
 def volume_name(seed: int) -> str:
@@ -135,15 +136,16 @@ class Pipeline:
 def load_pipeline(
     ckpt: str | os.PathLike, device: str | torch.device | None = None, use_ema: bool = True, precision: str = "auto",
 ) -> Pipeline:
-    """Load a checkpoint file, a run folder (its ``latest`` checkpoint) or a run pattern for sampling."""
-    path = resolve_checkpoint(ckpt)
-    state = load_checkpoint(path)
+    """Load a checkpoint file, a run folder (its ``latest`` checkpoint), a run pattern, or exported ``.safetensors``."""
+    exported = str(ckpt).endswith(".safetensors")
+    path = Path(ckpt) if exported else resolve_checkpoint(ckpt)
+    state = load_exported(path) if exported else load_checkpoint(path)
     meta = state.get("meta")
     if not meta:
         raise CheckpointError(f"{path}: the checkpoint has no 'meta' entry (model name, size); was it written by prdit?")
-    weights = "ema" if use_ema and "ema" in state else "model"
+    weights = "ema" if use_ema and "ema" in state else "model" if "model" in state else "ema"
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    diffusion = create_diffusion(_namespace(meta["diffusion"]))
+    diffusion = create_diffusion(DiffusionConfig.model_validate(meta["diffusion"]))
     model = create_model(meta["model_name"], input_size=meta["input_size"], in_channels=meta["in_channels"],
                          out_channels=meta["out_channels"], stride=meta["stride"])
     try:
@@ -156,12 +158,6 @@ def load_pipeline(
         input_size=meta["input_size"], device=device, checkpoint=path, checkpoint_sha256=sha256_file(path), weights=weights,
         precision=precision, info={"trained_steps": state.get("step")},
     )
-
-
-def _namespace(values: dict):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(**values)
 
 
 def sample_to_folder(

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from prdit.errors import CheckpointError
-from prdit.io import atomic_write, atomic_write_text
+from prdit.io import atomic_write, atomic_write_text, sha256_file
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 
@@ -141,4 +141,54 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, weights: st
         for key in report.loaded:
             target[key].copy_(source[key])
     return report
+
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exported weights: a small safetensors file for sharing and sampling (no optimizer, no code, no pickle)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def export_weights(
+    checkpoint: str | os.PathLike, out_path: str | os.PathLike, weights: str = "ema", half: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write one set of weights of a checkpoint (fp16 by default) + its ``meta`` as a ``.safetensors`` file."""
+    import json
+
+    from safetensors.torch import save
+
+    source = resolve_checkpoint(checkpoint)
+    state = load_checkpoint(source)
+    if weights not in state:
+        raise CheckpointError(f"{source}: no '{weights}' weights to export (it has: {', '.join(k for k in ('model', 'ema') if k in state)})")
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state[weights].items()}
+    metadata = {"prdit_meta": json.dumps(state.get("meta", {})), "step": str(state.get("step")), "weights": weights,
+                "source_sha256": sha256_file(source), "version": str(state.get("version"))}
+    out_path = Path(out_path)
+    with atomic_write(out_path, "wb", overwrite=overwrite) as handle:
+        handle.write(save(tensors, metadata=metadata))
+    return out_path
+
+
+def load_exported(path: str | os.PathLike) -> dict:
+    """A checkpoint-shaped dict ``{weights: fp32 tensors, meta, step}`` from an exported ``.safetensors`` file."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot read the weights file ({str(error)[:200]}); it may be truncated") from None
+    if "prdit_meta" not in metadata:
+        raise CheckpointError(f"{path}: no prdit metadata inside; export it with `prdit export`")
+    weights = metadata.get("weights", "ema")
+    return {weights: {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()},
+            "meta": json.loads(metadata["prdit_meta"]), "step": int(metadata["step"]) if metadata.get("step", "None") != "None" else None}
 

@@ -12,9 +12,13 @@ from prdit.io import atomic_write_bytes
 class RunLogger:
     """Appends one JSON object per record to ``log.jsonl``; mirrors scalars to TensorBoard if available."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None = None) -> None:
         self.path = run_dir / "log.jsonl"
         self.enabled = enabled
+        if enabled and resume_step is not None and self.path.exists():
+            # an interrupted run logged past its last checkpoint: those steps are about to be redone
+            kept = [r for r in read_log(self.path) if r.get("step", 0) <= resume_step]
+            atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
         self.writer = None
         if enabled and tensorboard:
             try:

@@ -218,7 +218,7 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
     model = build_model(config, diffusion.model_out_channels).to(info.device)
     micro_batch, accumulation = batch_layout(tcfg.global_batch_size, info.world_size, tcfg.micro_batch_size)
 
-    start_step, best_val, report = 0, math.inf, None
+    start_step, best_val, report, running_loss, skipped = 0, math.inf, None, None, 0
     if options.resume:
         run_dir = Path(options.run_dir) if options.run_dir else latest_run_dir(config)
         state = load_checkpoint(run_dir / "checkpoints", map_location=info.device)
@@ -231,6 +231,7 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
         optimizer = build_optimizer(model, config, fine_tuned)
         optimizer.load_state_dict(state["optimizer"])
         start_step, best_val = state["step"], state["best_val"]
+        running_loss, skipped = state.get("running_loss"), state.get("skipped", 0)
         ranks = state["rng"]
         set_rng_state(ranks[info.rank] if info.rank < len(ranks) else ranks[0])
     else:
@@ -243,7 +244,7 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
         save_config(config, run_dir / "config.yaml")
         if report:
             print(f"[prdit] initialised from {options.init_from or config.model.pretrained_path}: {report.summary()}")
-    logger = RunLogger(run_dir, info.is_main, lcfg.tensorboard)
+    logger = RunLogger(run_dir, info.is_main, lcfg.tensorboard, resume_step=start_step if options.resume else None)
 
     network = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
     if tcfg.compile:
@@ -270,10 +271,11 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
         }
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "epoch": step * tcfg.global_batch_size // len(train_set), "best_val": best_val, "rng": rng,
+                "running_loss": running_loss, "skipped": skipped,
                 "config": config.to_dict(), "meta": meta, "version": __version__}
 
     batches = iter(loader)
-    bad_in_a_row, skipped, running_loss = 0, 0, None
+    bad_in_a_row = 0
     bar = tqdm(range(start_step, tcfg.total_steps), initial=start_step, total=tcfg.total_steps, disable=not (options.progress and info.is_main),
                desc=f"train {model.name}", dynamic_ncols=True)
     started = time.perf_counter()

@@ -1,0 +1,136 @@
+"""Training: the loss falls, a resumed run continues bit for bit, 2 DDP processes equal 1, stage 2 freezes stage 1,
+non-finite steps are skipped."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from prdit.config import config_from_dict, save_config
+from prdit.errors import ConfigError, PrditError
+from prdit.train.checkpoint import load_checkpoint
+from prdit.train.logger import read_log
+from prdit.train.trainer import TrainOptions, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def blob_data(tmp_path_factory) -> Path:
+    """Twelve smooth 16^3 volumes in HU: bright blobs of varying size on a dark background."""
+    folder = tmp_path_factory.mktemp("blobs")
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(16)] * 3, indexing="ij"), -1)
+    for i in range(12):
+        radius = rng.uniform(3, 6)
+        inside = np.linalg.norm(grid - rng.uniform(6, 10, 3), axis=-1) < radius
+        volume = np.where(inside, 400.0, -800.0) + gaussian_filter(rng.normal(0, 60, (16, 16, 16)), 1)
+        np.save(folder / f"blob_{i:02d}.npy", volume.astype(np.float32))
+    return folder
+
+
+def make_config(data: Path, results: Path, model: str = "PRDiT-T/6/0", **training):
+    values = {
+        "data": {"dataset": "folder", "root": str(data), "image_size": 16},
+        "model": {"name": model, "stride": 4},
+        "training": {"global_batch_size": 4, "lr": 3e-3, "ema_decay": 0.9, "total_steps": 8, "seed": 1, **training},
+        "output": {"results_dir": str(results), "keep_last": 10},
+        "logging": {"log_every": 1, "ckpt_every": 4, "eval_every": 4, "num_preview_samples": 0},
+    }
+    return config_from_dict(values, "test config")
+
+
+def quiet(**kwargs) -> TrainOptions:
+    return TrainOptions(progress=False, **kwargs)
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=atol, msg=key)
+
+
+def test_loss_falls_and_the_run_folder_is_complete(blob_data, tmp_path):
+    run = train(make_config(blob_data, tmp_path, total_steps=40, ckpt_every=20, warmup_steps=5), quiet())
+    losses = [r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r]
+    assert len(losses) == 40 and all(np.isfinite(losses))
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:4])
+    assert (run / "config.yaml").is_file() and (run / "loss.png").is_file()
+    state = load_checkpoint(run)
+    assert state["step"] == 40 and state["meta"]["model_name"] == "PRDiT-T/6/0"
+    assert state["config"]["model"]["name"] == "PRDiT-T/6/0"
+
+
+def test_resumed_run_continues_exactly(blob_data, tmp_path):
+    straight = train(make_config(blob_data, tmp_path / "a", total_steps=8), quiet())
+    interrupted = train(make_config(blob_data, tmp_path / "b", total_steps=4), quiet())
+    resumed = train(make_config(blob_data, tmp_path / "b", total_steps=8), quiet(resume=True))
+    assert resumed == interrupted
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert b["step"] == 8
+    assert_same_weights(a["model"], b["model"])
+    assert_same_weights(a["ema"], b["ema"])
+
+
+def test_resume_without_a_run_says_what_to_do(blob_data, tmp_path):
+    with pytest.raises(PrditError, match="--resume_training: no run of PRDiT-T-6-0"):
+        train(make_config(blob_data, tmp_path), quiet(resume=True))
+
+
+def test_stage2_needs_stage1_and_keeps_it_frozen(blob_data, tmp_path):
+    with pytest.raises(ConfigError, match="stage-2 model: set model.pretrained_path"):
+        train(make_config(blob_data, tmp_path, model="PRDiT-T/6/1"), quiet())
+    stage1 = load_checkpoint(train(make_config(blob_data, tmp_path, total_steps=4), quiet()))
+    config = make_config(blob_data, tmp_path, model="PRDiT-T/6/1", total_steps=4)
+    config = config.model_copy(update={"model": config.model.model_copy(update={"pretrained_path": str(tmp_path / "*-PRDiT-T-6-0")})})
+    stage2 = load_checkpoint(train(config, quiet()))
+    assert stage2["meta"]["local_frozen"]
+    local = [k for k in stage1["ema"] if k.startswith(("time_embed.", "coarse_head.", "local_denoiser."))]
+    assert local and all(torch.equal(stage2["model"][k], stage1["ema"][k]) for k in local)
+    assert any(not torch.all(v == 0) for k, v in stage2["model"].items() if k.startswith("dit.final"))
+
+
+def test_non_finite_steps_are_skipped_then_reported(blob_data, tmp_path, monkeypatch):
+    from prdit.diffusion.gaussian_diffusion import GaussianDiffusion
+
+    original = GaussianDiffusion.training_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(self, model, x0, generator=None):
+        calls["n"] += 1
+        loss = original(self, model, x0, generator=generator)
+        return loss * float("nan") if calls["n"] in bad_calls else loss
+
+    monkeypatch.setattr(GaussianDiffusion, "training_loss", sometimes_nan)
+    bad_calls = {3}
+    run = train(make_config(blob_data, tmp_path, total_steps=6), quiet())
+    records = read_log(run / "log.jsonl")
+    assert [r["step"] for r in records if r.get("skipped_step")] == [3]
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(run)["model"].values())
+    bad_calls = set(range(1, 100))
+    calls["n"] = 0
+    with pytest.raises(PrditError, match="steps in a row had a non-finite"):
+        train(make_config(blob_data, tmp_path, total_steps=12, max_bad_steps=3), quiet())
+
+
+def test_two_ddp_processes_equal_one_process_with_accumulation(blob_data, tmp_path):
+    single = train(make_config(blob_data, tmp_path / "one", micro_batch_size=2, total_steps=4), quiet())
+    config_path = tmp_path / "ddp.yaml"
+    save_config(make_config(blob_data, tmp_path / "two", total_steps=4), config_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "train.py"),
+         "--config", str(config_path), "--no-progress"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = next((tmp_path / "two").glob("*-PRDiT-T-6-0"))
+    a, b = load_checkpoint(single), load_checkpoint(two)
+    assert_same_weights(a["model"], b["model"], atol=1e-5)
+    losses = lambda run: [r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r]  # noqa: E731
+    np.testing.assert_allclose(losses(single), losses(two), rtol=1e-5)

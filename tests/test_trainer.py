@@ -34,13 +34,13 @@ def blob_data(tmp_path_factory) -> Path:
     return folder
 
 
-def make_config(data: Path, results: Path, model: str = "PRDiT-T/6/0", **training):
+def make_config(data: Path, results: Path, model: str = "PRDiT-T/6/0", logging: dict | None = None, **training):
     values = {
         "data": {"dataset": "folder", "root": str(data), "image_size": 16},
         "model": {"name": model, "stride": 4},
         "training": {"global_batch_size": 4, "lr": 3e-3, "ema_decay": 0.9, "total_steps": 8, "seed": 1, **training},
         "output": {"results_dir": str(results), "keep_last": 10},
-        "logging": {"log_every": 1, "ckpt_every": 4, "eval_every": 4, "num_preview_samples": 0},
+        "logging": {"log_every": 1, "ckpt_every": 4, "eval_every": 4, "num_preview_samples": 0, **(logging or {})},
     }
     return config_from_dict(values, "test config")
 
@@ -56,7 +56,7 @@ def assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
 
 
 def test_loss_falls_and_the_run_folder_is_complete(blob_data, tmp_path):
-    run = train(make_config(blob_data, tmp_path, total_steps=40, ckpt_every=20, warmup_steps=5), quiet())
+    run = train(make_config(blob_data, tmp_path, total_steps=40, warmup_steps=5, logging={"ckpt_every": 20}), quiet())
     losses = [r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r]
     assert len(losses) == 40 and all(np.isfinite(losses))
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:4])
@@ -96,9 +96,9 @@ def test_stage2_needs_stage1_and_keeps_it_frozen(blob_data, tmp_path):
 
 
 def test_non_finite_steps_are_skipped_then_reported(blob_data, tmp_path, monkeypatch):
-    from prdit.diffusion.gaussian_diffusion import GaussianDiffusion
+    from prdit.diffusion.gaussian_diffusion import IaNDiffusion
 
-    original = GaussianDiffusion.training_loss
+    original = IaNDiffusion.training_loss
     calls = {"n": 0}
 
     def sometimes_nan(self, model, x0, generator=None):
@@ -106,7 +106,7 @@ def test_non_finite_steps_are_skipped_then_reported(blob_data, tmp_path, monkeyp
         loss = original(self, model, x0, generator=generator)
         return loss * float("nan") if calls["n"] in bad_calls else loss
 
-    monkeypatch.setattr(GaussianDiffusion, "training_loss", sometimes_nan)
+    monkeypatch.setattr(IaNDiffusion, "training_loss", sometimes_nan)
     bad_calls = {3}
     run = train(make_config(blob_data, tmp_path, total_steps=6), quiet())
     records = read_log(run / "log.jsonl")

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 from prdit import __version__
+from prdit.data.commands import add_data_subcommands
 from prdit.errors import PrditError
+from prdit.evaluation.commands import add_evaluate_subcommands
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -323,14 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prdit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    data = commands.add_parser("data", help="prepare data: phantoms", description="Prepare training data.")
+    data = commands.add_parser(
+        "data", help="prepare data: phantoms, LIDC-IDRI, RAD-ChestCT, train/val splits",
+        description="Prepare training data: NIfTI volumes in HU with their real geometry, manifests and train/val lists.",
+    )
     data_commands = data.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
     _add_phantom_parser(data_commands)
+    add_data_subcommands(data_commands)
 
     _add_demo_parser(commands)
     _add_train_parser(commands)
     _add_sample_parser(commands)
     _add_export_parser(commands)
+    add_evaluate_subcommands(commands)
     _add_preview_parser(commands)
     _add_config_parser(commands)
     return parser

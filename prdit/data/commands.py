@@ -1,0 +1,118 @@
+"""``prdit data lidc``, ``prdit data rad`` and ``prdit data split``: argparse wiring for real CT data."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser, percentile: float) -> None:
+    parser.add_argument("--src", required=True, help="source folder (read only, never modified)")
+    parser.add_argument("--out", required=True, help="output folder: volumes/, manifest.csv, skipped.csv")
+    parser.add_argument("--size", type=int, default=256, help="edge of the output cube in voxels before pooling (default 256)")
+    parser.add_argument("--normalize", choices=["hu", "paper"], default="hu",
+                        help="hu: int16 HU, mapped to [-1, 1] by the dataset (default); "
+                        "paper: the paper's per-volume [0, 1] float32")
+    parser.add_argument("--percentile", type=float, default=percentile,
+                        help=f"--normalize paper: clip above this per-volume percentile (default {percentile})")
+    parser.add_argument("--pool", type=int, default=1, help="average-pool factor after cropping (2: the paper's 256^3 -> 128^3)")
+    parser.add_argument("--crop", choices=["center", "body"], default="center",
+                        help="centre of the crop: the scan's centre (default, as the paper) or the body's bounding box")
+    parser.add_argument("--interpolation", choices=["linear", "bspline"], default="linear", help="resampling interpolator")
+    parser.add_argument("--skip-small", action="store_true",
+                        help="skip scans smaller than the crop, as the paper does (default: pad them with -1000 HU)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="redo every case, replacing earlier outputs")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (for logs)")
+
+
+def _print_summary(summary, out: str, normalize: str) -> None:
+    print(f"{summary.ok} volume(s) written, {summary.skipped} skipped, {summary.kept} kept from an earlier run")
+    print(f"manifest: {summary.manifest}\nskipped cases and files: {summary.report}")
+    hint = " data.intensity=hu data.hu_window=[0,1]" if normalize == "paper" else ""
+    print(f"next: prdit data split --manifest {summary.manifest} --val 200 --seed 42, then train with data.root={out}{hint}")
+
+
+def _run_lidc(args: argparse.Namespace) -> None:
+    from prdit.data.preprocess import PreprocessOptions, preprocess_lidc
+
+    options = PreprocessOptions(
+        size=args.size, spacing=args.spacing, normalize=args.normalize, percentile=args.percentile, pool=args.pool,
+        crop=args.crop, interpolation=args.interpolation, skip_small=args.skip_small, all_series=args.all_series,
+        min_slices=args.min_slices, max_gap_factor=args.max_gap_factor, max_tilt_deg=args.max_tilt,
+    )
+    summary = preprocess_lidc(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite, progress=args.progress)
+    _print_summary(summary, args.out, args.normalize)
+
+
+def _run_rad(args: argparse.Namespace) -> None:
+    from prdit.data.preprocess import PreprocessOptions, preprocess_rad
+
+    options = PreprocessOptions(
+        size=args.size, spacing=args.spacing, normalize=args.normalize, percentile=args.percentile,
+        hu_ceiling=1000.0 if args.normalize == "paper" else None, pool=args.pool, crop=args.crop,
+        interpolation=args.interpolation, skip_small=args.skip_small, npz_key=args.npz_key, source_spacing=args.source_spacing,
+    )
+    summary = preprocess_rad(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite, progress=args.progress)
+    _print_summary(summary, args.out, args.normalize)
+
+
+def _run_split(args: argparse.Namespace) -> None:
+    from prdit.data.manifest import write_split
+
+    train, val, n_train, n_val = write_split(args.manifest, val=args.val, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {train} ({n_train} volumes) and {val} ({n_val} volumes)")
+
+
+def add_data_subcommands(subparsers) -> None:
+    """Add the ``lidc``, ``rad`` and ``split`` parsers to the subparsers of ``prdit data``."""
+    lidc = subparsers.add_parser(
+        "lidc",
+        help="LIDC-IDRI or any DICOM CT tree -> canonical NIfTI volumes + manifest",
+        description=(
+            "Find every DICOM series under --src, keep one axial CT series per patient (most slices), order slices by "
+            "position along the slice normal, convert to HU, resample to --spacing mm on an LPS grid and centre-crop "
+            "or pad to --size^3. Writes OUT/volumes/*.nii.gz, OUT/manifest.csv and OUT/skipped.csv; a rerun skips "
+            "finished cases."
+        ),
+    )
+    _add_common_arguments(lidc, percentile=99.9)
+    lidc.add_argument("--spacing", type=float, default=1.0, help="isotropic output spacing in mm (default 1.0)")
+    lidc.add_argument("--all-series", action="store_true", help="convert every axial CT series, not one per patient")
+    lidc.add_argument("--min-slices", type=int, default=10, help="fewest slices of a usable series (default 10)")
+    lidc.add_argument("--max-gap-factor", type=float, default=2.0,
+                      help="interpolate slice gaps up to this multiple of the median spacing; "
+                      "larger gaps skip the case (default 2)")
+    lidc.add_argument("--max-tilt", type=float, default=0.5, help="largest gantry tilt in degrees accepted (default 0.5)")
+    lidc.set_defaults(func=_run_lidc)
+
+    rad = subparsers.add_parser(
+        "rad",
+        help="RAD-ChestCT .npz volumes -> NIfTI volumes + manifest",
+        description=(
+            "Read every .npz under --src (HU array under --npz-key, 0.8 mm isotropic unless the file has a 'spacing' "
+            "entry), centre-crop or pad to --size^3 on the source grid (or resample to --spacing), and write "
+            "OUT/volumes/*.nii.gz, OUT/manifest.csv and OUT/skipped.csv. --normalize paper clips to [-1000, 1000] "
+            "and at the 99.5th percentile, then min-max scales to [0, 1]."
+        ),
+    )
+    _add_common_arguments(rad, percentile=99.5)
+    rad.add_argument("--spacing", type=float, default=None,
+                     help="resample to this isotropic spacing in mm (default: keep the source grid)")
+    rad.add_argument("--source-spacing", type=float, default=None,
+                     help="spacing of the .npz volumes in mm (default: the file's 'spacing' entry, else 0.8)")
+    rad.add_argument("--npz-key", default="ct", help="name of the HU array in the .npz files (default ct)")
+    rad.set_defaults(func=_run_rad)
+
+    split = subparsers.add_parser(
+        "split",
+        help="deterministic train/val lists from a manifest",
+        description=(
+            "Shuffle the sorted outputs of the manifest's ok cases with numpy Generator(PCG64(SEED)) and write "
+            "train.txt / val.txt (paths relative to the manifest's folder) next to the manifest."
+        ),
+    )
+    split.add_argument("--manifest", required=True, help="manifest.csv (or .json) written by `prdit data lidc/rad`")
+    split.add_argument("--val", type=int, default=200, help="number of validation volumes (default 200, as the paper)")
+    split.add_argument("--seed", type=int, default=42, help="shuffle seed (default 42, as the paper)")
+    split.add_argument("--overwrite", action="store_true", help="replace existing train.txt / val.txt with a different split")
+    split.set_defaults(func=_run_split)

@@ -1,0 +1,455 @@
+"""Real CT -> training volumes: resampling, crop/pad, pooling, paper normalisation and the parallel case runner.
+
+Output folder layout (never touches the sources)::
+
+    OUT/volumes/<case>.nii.gz   one volume per case, real LPS geometry (see prdit.io), [z, y, x] arrays
+    OUT/manifest.csv            one row per case: source, series UID, shapes, spacings, HU stats, status, reason
+    OUT/skipped.csv             every case, series and file that was left out, with the reason
+    OUT/preprocess.json         the options of the run (a rerun with other options must use another OUT)
+
+Canonical grid: a cube of ``size`` voxels at ``spacing`` mm with identity LPS direction, so ``vol[k]`` is an
+axial slice with anterior at the top and the patient's right on the left, and ``k`` ascends towards the head.
+Intensities: ``hu`` stores int16 HU (the dataset maps them to [-1, 1] when loading); ``paper`` stores the
+paper's per-volume float32 [0, 1] volumes (train them with ``data.intensity=hu data.hu_window=[0,1]``).
+
+A rerun skips every case whose manifest row says ok and whose output exists, so an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from prdit.data.dicom import (
+    AIR_HU,
+    OUT_OF_FIELD_HU,
+    DicomCase,
+    group_series,
+    load_series,
+    scan_headers,
+    select_cases,
+    to_sitk_image,
+)
+from prdit.data.manifest import STATUS_OK, STATUS_SKIPPED, ManifestRow, read_manifest, write_manifest
+from prdit.data.rad_chestct import RAD_NPZ_KEY, read_rad_volume
+from prdit.errors import DataError
+from prdit.io import atomic_write_text, centered_origin, save_nifti, volume_stem
+
+VOLUME_DIR = "volumes"
+MANIFEST_NAME = "manifest.csv"
+SKIPPED_NAME = "skipped.csv"
+OPTIONS_NAME = "preprocess.json"
+BODY_THRESHOLD_HU = -500.0  # soft tissue and bone are above, lung and air below
+_MANIFEST_INTERVAL_S = 5.0  # how often a long run checkpoints its manifest
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """How cases become training volumes. ``spacing=None`` keeps the source grid (the paper's RAD-ChestCT route)."""
+
+    size: int = 256
+    spacing: float | None = 1.0
+    normalize: Literal["hu", "paper"] = "hu"
+    percentile: float = 99.9  # paper normalisation: upper clip (99.9 LIDC-IDRI, 99.5 RAD-ChestCT)
+    hu_ceiling: float | None = None  # paper normalisation: clip above this HU first (1000 for RAD-ChestCT)
+    pool: int = 1
+    crop: Literal["center", "body"] = "center"
+    interpolation: Literal["linear", "bspline"] = "linear"
+    skip_small: bool = False  # the paper drops volumes smaller than the crop; we pad them by default
+    # DICOM
+    all_series: bool = False
+    min_slices: int = 10
+    max_gap_factor: float = 2.0
+    max_tilt_deg: float = 0.5
+    # RAD-ChestCT
+    npz_key: str = RAD_NPZ_KEY
+    source_spacing: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.pool < 1 or self.size < 2 or self.size % self.pool:
+            raise DataError(f"--size {self.size} must be at least 2 and a multiple of --pool {self.pool} (at least 1)")
+        if self.spacing is not None and self.spacing <= 0:
+            raise DataError(f"--spacing {self.spacing} must be positive")
+        if not 50.0 < self.percentile <= 100.0:
+            raise DataError(f"--percentile {self.percentile} must be in (50, 100]")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Volume operations
+# ----------------------------------------------------------------------------------------------------------
+
+
+def resample_cube(image, size: int, spacing: float, center_lps: np.ndarray, interpolation: str = "linear") -> np.ndarray:
+    """Resample a SimpleITK image onto a ``size``^3 LPS-aligned grid centred at ``center_lps``; [z, y, x] float32.
+
+    Voxels outside the image read -1000 HU (air), so small scans are padded rather than dropped.
+    """
+    import SimpleITK as sitk
+
+    interpolator = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}[interpolation]
+    origin = np.asarray(center_lps, dtype=np.float64) - (size - 1) / 2 * spacing
+    resampled = sitk.Resample(
+        image,
+        [size] * 3,
+        sitk.Transform(),
+        interpolator,
+        tuple(float(v) for v in origin),
+        (float(spacing),) * 3,
+        (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        AIR_HU,
+        sitk.sitkFloat32,
+    )
+    return sitk.GetArrayFromImage(resampled)
+
+
+def physical_center(image, index_center: np.ndarray | None = None) -> np.ndarray:
+    """LPS point (x, y, z) of a continuous [z, y, x] index of ``image`` (default: the centre of the image)."""
+    if index_center is None:
+        index_center = (np.array(image.GetSize()[::-1], dtype=np.float64) - 1) / 2
+    return np.array(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in index_center[::-1])))
+
+
+def body_center(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """Centre [z, y, x] (index units) of the bounding box of the largest connected region above ``threshold``.
+
+    The largest region is the patient; the table and stray objects are smaller. Falls back to the array centre.
+    """
+    from scipy import ndimage
+
+    labels, count = ndimage.label(hu > threshold)
+    if count == 0:
+        return (np.array(hu.shape, dtype=np.float64) - 1) / 2
+    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
+    box = ndimage.find_objects(labels)[largest - 1]
+    return np.array([(s.start + s.stop - 1) / 2 for s in box], dtype=np.float64)
+
+
+def crop_or_pad(volume: np.ndarray, size: int, start: tuple[int, int, int] | None = None, fill: float = AIR_HU) -> np.ndarray:
+    """The ``size``^3 window of ``volume`` starting at index ``start`` (default: centred); outside reads ``fill``."""
+    if start is None:
+        start = tuple((s - size) // 2 for s in volume.shape)  # type: ignore[assignment]
+    out = np.full((size,) * 3, fill, dtype=volume.dtype)
+    source, target = [], []
+    for begin, extent in zip(start, volume.shape):  # type: ignore[arg-type]
+        lo, hi = max(begin, 0), min(begin + size, extent)
+        source.append(slice(lo, max(hi, lo)))
+        target.append(slice(lo - begin, lo - begin + max(hi - lo, 0)))
+    out[tuple(target)] = volume[tuple(source)]
+    return out
+
+
+def paper_normalize(hu: np.ndarray, percentile: float, low: float = -1000.0, ceiling: float | None = None) -> np.ndarray:
+    """The paper's per-volume intensity scaling: clip to [low, ceiling], clip above the ``percentile``-th
+    percentile, then min-max to [0, 1] (float32)."""
+    clipped = np.clip(hu, low, ceiling if ceiling is not None else np.inf)
+    clipped = np.minimum(clipped, np.percentile(clipped, percentile))
+    lo, hi = float(clipped.min()), float(clipped.max())
+    if hi <= lo:
+        raise DataError(f"constant volume ({lo} HU) cannot be min-max normalised")
+    return ((clipped - lo) / (hi - lo)).astype(np.float32)
+
+
+def _finish(
+    hu: np.ndarray, spacing: float, origin: np.ndarray, options: PreprocessOptions, path: Path, row: ManifestRow
+) -> ManifestRow:
+    """Normalise, pool and write a [z, y, x] HU cube whose voxel [0, 0, 0] sits at ``origin`` (LPS x, y, z)."""
+    row.hu_min, row.hu_max, row.hu_mean = float(hu.min()), float(hu.max()), float(hu.mean())
+    row.hu_p99_9 = float(np.percentile(hu, 99.9))
+    volume = paper_normalize(hu, options.percentile, ceiling=options.hu_ceiling) if options.normalize == "paper" else hu
+    if options.pool > 1:
+        from prdit.data.dataset import average_pool
+
+        volume = average_pool(volume, options.pool)
+        origin = origin + (options.pool - 1) / 2 * spacing  # a pooled voxel's centre is its block's centre
+        spacing = spacing * options.pool
+    dtype = np.float32 if options.normalize == "paper" else np.int16
+    save_nifti(path, volume, (spacing,) * 3, origin=tuple(float(v) for v in origin), dtype=dtype, overwrite=True)
+    row.status, row.normalize = STATUS_OK, options.normalize
+    row.output_shape, row.output_spacing = list(volume.shape), [spacing] * 3
+    return row
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cases
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseResult:
+    row: ManifestRow
+    bad_files: list[tuple[str, str]]
+
+
+def process_dicom_case(case: DicomCase, out_dir: Path, options: PreprocessOptions) -> CaseResult:
+    """One DICOM series -> one canonical volume (errors become a skipped row with the reason)."""
+    row = ManifestRow(case.case_id, STATUS_SKIPPED, str(case.series.folder), series_uid=case.series.uid)
+    bad_files: list[tuple[str, str]] = []
+    failures: list[str] = []
+    try:
+        for series in [case.series, *case.alternatives]:  # the patient's axial series, best first
+            try:
+                ct = load_series(series, max_gap_factor=options.max_gap_factor, max_tilt_deg=options.max_tilt_deg)
+                break
+            except DataError as error:
+                failures.append(f"series {series.uid} not usable: {error}")
+        else:
+            raise DataError("; ".join(failures))
+        row.source, row.series_uid, row.series_description = str(series.folder), series.uid, series.description
+        bad_files, row.notes = ct.bad_files, "; ".join(failures + ct.notes)
+        sx, sy, sz = ct.spacing
+        row.original_shape, row.original_spacing = list(ct.hu.shape), [sz, sy, sx]
+        spacing = float(options.spacing if options.spacing is not None else min(ct.spacing))
+        extent = np.array(ct.hu.shape) * np.array([sz, sy, sx])
+        if options.skip_small and (extent < options.size * spacing).any():
+            raise DataError(
+                f"{series.folder}: scan extent {np.round(extent).tolist()} mm is smaller than the {options.size}^3 crop (--skip-small)"
+            )
+        image = to_sitk_image(ct)
+        center = physical_center(image, body_center(ct.hu) if options.crop == "body" else None)
+        hu = resample_cube(image, options.size, spacing, center, options.interpolation)
+        path = out_dir / VOLUME_DIR / f"{case.case_id}.nii.gz"
+        row.output = path.relative_to(out_dir).as_posix()
+        return CaseResult(_finish(hu, spacing, center - (options.size - 1) / 2 * spacing, options, path, row), bad_files)
+    except DataError as error:
+        row.reason, row.output = str(error), ""
+    except Exception as error:  # one odd case must not end a run over a thousand scans
+        row.reason, row.output = f"{row.source}: unexpected {type(error).__name__}: {error}", ""
+    return CaseResult(row, bad_files)
+
+
+def process_rad_case(source: Path, case_id: str, out_dir: Path, options: PreprocessOptions) -> CaseResult:
+    """One RAD-ChestCT .npz -> one volume: the paper's clip -> centre crop (or pad) -> normalise route."""
+    row = ManifestRow(case_id, STATUS_SKIPPED, str(source))
+    try:
+        hu, source_spacing = read_rad_volume(source, options.npz_key, options.source_spacing)
+        row.original_shape, row.original_spacing = list(hu.shape), list(source_spacing)
+        hu[hu < OUT_OF_FIELD_HU] = AIR_HU
+        if options.hu_ceiling is not None:
+            hu = np.clip(hu, AIR_HU, options.hu_ceiling)
+        spacing = options.spacing if options.spacing is not None else min(source_spacing)
+        extent = np.array(hu.shape) * np.array(source_spacing)
+        if options.skip_small and (extent < options.size * spacing - 1e-6).any():
+            raise DataError(f"{source}: volume {hu.shape} is smaller than the {options.size}^3 crop (--skip-small)")
+        origin_lps = np.array(centered_origin(hu.shape, source_spacing))  # type: ignore[arg-type]
+        if options.spacing is None and len(set(source_spacing)) == 1:
+            # The paper crops the source grid itself: no interpolation.
+            start = np.array([(s - options.size) // 2 for s in hu.shape])
+            if options.crop == "body":
+                start = np.round(body_center(hu) - (options.size - 1) / 2).astype(int)
+            cube = crop_or_pad(hu, options.size, tuple(int(v) for v in start))  # type: ignore[arg-type]
+            origin = origin_lps + start[::-1] * spacing
+        else:
+            import SimpleITK as sitk
+
+            image = sitk.GetImageFromArray(hu)
+            image.SetSpacing(tuple(float(s) for s in source_spacing[::-1]))
+            image.SetOrigin(tuple(float(v) for v in origin_lps))
+            center = physical_center(image, body_center(hu) if options.crop == "body" else None)
+            cube = resample_cube(image, options.size, spacing, center, options.interpolation)
+            origin = center - (options.size - 1) / 2 * spacing
+        path = out_dir / VOLUME_DIR / f"{case_id}.nii.gz"
+        row.output = path.relative_to(out_dir).as_posix()
+        return CaseResult(_finish(cube, float(spacing), origin, options, path, row), [])
+    except DataError as error:
+        row.reason, row.output = str(error), ""
+    except Exception as error:  # one odd case must not end the run
+        row.reason, row.output = f"{source}: unexpected {type(error).__name__}: {error}", ""
+    return CaseResult(row, [])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Runner
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    processed: int
+    ok: int
+    skipped: int
+    kept: int  # finished by an earlier run
+    manifest: Path
+    report: Path
+
+
+def _single_threaded_worker() -> None:
+    """Worker processes already fill the cores: keep SimpleITK from starting a thread per core in each."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _check_options(out_dir: Path, options: PreprocessOptions, overwrite: bool) -> None:
+    """Refuse to mix volumes made with other options in one output folder."""
+    path = out_dir / OPTIONS_NAME
+    wanted = asdict(options)
+    if path.exists() and not overwrite:
+        previous = json.loads(path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in wanted.items() if previous.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+            raise DataError(
+                f"{out_dir} was preprocessed with other options ({detail}); use another --out, or --overwrite to redo it"
+            )
+    atomic_write_text(path, json.dumps(wanted, indent=1) + "\n")
+
+
+def _write_report(path: Path, entries: list[tuple[str, str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["kind", "item", "reason"])
+    writer.writerows(sorted(entries))
+    atomic_write_text(path, buffer.getvalue())
+
+
+def run_cases(
+    jobs: dict[str, tuple[Callable[..., CaseResult], tuple]],
+    out_dir: str | os.PathLike,
+    options: PreprocessOptions,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    report: list[tuple[str, str, str]] | None = None,
+) -> RunSummary:
+    """Run ``jobs`` (case id -> (function, args); each call returns a :class:`CaseResult`) into ``out_dir``.
+
+    Cases finished by an earlier run (manifest row ok, output present) are kept unless ``overwrite``. The
+    manifest is rewritten as cases finish, so an interrupted run loses at most the last few seconds.
+    ``report`` holds (kind, item, reason) entries found before the run (corrupt files, rejected series).
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+    if not overwrite and not manifest_path.exists() and any((out_dir / VOLUME_DIR).glob("*")):
+        raise DataError(f"{out_dir / VOLUME_DIR} holds files but {manifest_path} is missing; use an empty --out or --overwrite")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_options(out_dir, options, overwrite)
+    rows = {r.case_id: r for r in read_manifest(manifest_path)} if manifest_path.exists() else {}
+    done = {
+        case_id
+        for case_id, row in rows.items()
+        if not overwrite and row.status == STATUS_OK and row.output and (out_dir / row.output).exists() and case_id in jobs
+    }
+    todo = [case_id for case_id in sorted(jobs) if case_id not in done]
+    entries = list(report or [])
+    last_write = time.monotonic()
+
+    def record(result: CaseResult) -> None:
+        nonlocal last_write
+        rows[result.row.case_id] = result.row
+        entries.extend(("file", path, reason) for path, reason in result.bad_files)
+        if result.row.status != STATUS_OK:
+            entries.append(("case", result.row.case_id, result.row.reason))
+        if time.monotonic() - last_write > _MANIFEST_INTERVAL_S:
+            write_manifest(manifest_path, list(rows.values()))
+            last_write = time.monotonic()
+
+    bar = tqdm(total=len(todo), desc="preprocessing", unit="case", disable=not progress)
+    try:
+        if workers <= 1:
+            for case_id in todo:
+                function, args = jobs[case_id]
+                record(function(*args))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_worker) as pool:
+                futures = [pool.submit(jobs[c][0], *jobs[c][1]) for c in todo]
+                try:
+                    for future in as_completed(futures):
+                        record(future.result())
+                        bar.update()
+                except BaseException:  # Ctrl-C: drop the queued cases instead of waiting for all of them
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    finally:  # an interrupted run keeps every finished case
+        bar.close()
+        write_manifest(manifest_path, list(rows.values()))
+    # Repairs of finished cases (this run's and earlier runs'): unreadable files, duplicates, interpolated gaps.
+    entries.extend(("note", c, rows[c].notes) for c in sorted(jobs) if rows[c].status == STATUS_OK and rows[c].notes)
+    report_path = out_dir / SKIPPED_NAME
+    _write_report(report_path, entries)
+    finished = [rows[c] for c in todo]
+    ok = sum(r.status == STATUS_OK for r in finished)
+    return RunSummary(len(todo), ok, len(finished) - ok, len(done), manifest_path, report_path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------------
+
+
+def discover_dicom(
+    src: str | os.PathLike, workers: int = 1, options: PreprocessOptions = PreprocessOptions(), progress: bool = True
+) -> tuple[list[DicomCase], list[tuple[str, str, str]]]:
+    """The cases under a DICOM tree and (kind, item, reason) report entries for what was left out.
+
+    Header reading is spread over ``workers`` processes, one folder (a series, in LIDC's layout) per task.
+    """
+    from tqdm.auto import tqdm
+
+    src = Path(src)
+    if not src.exists():
+        raise DataError(f"{src}: source folder not found")
+    folders = [src] if src.is_file() else sorted(Path(d) for d, _, files in os.walk(src) if files)
+    bar = dict(total=len(folders), desc="reading DICOM headers", unit="folder", disable=not progress)
+    scan = partial(scan_headers, recursive=False)
+    if workers <= 1:
+        results = list(tqdm(map(scan, folders), **bar))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(tqdm(pool.map(scan, folders, chunksize=8), **bar))
+    headers = [header for found, _ in results for header in found]
+    corrupt = [entry for _, bad in results for entry in bad]
+    if not headers:
+        raise DataError(f"{src}: no DICOM files found under this folder")
+    series, rejected = group_series(headers)
+    cases, not_chosen = select_cases(series, all_series=options.all_series, min_slices=options.min_slices)
+    report = [("file", path, reason) for path, reason in corrupt]
+    report += [("series", label, reason) for label, reason in rejected + not_chosen]
+    if not cases:
+        reasons = "; ".join(f"{item}: {reason}" for _, item, reason in report[:3])
+        raise DataError(f"{src}: no axial CT series found among {len(series) + len(rejected)} series ({reasons})")
+    return cases, report
+
+
+def preprocess_lidc(
+    src: str | os.PathLike, out_dir: str | os.PathLike, options: PreprocessOptions = PreprocessOptions(),
+    workers: int = 1, overwrite: bool = False, progress: bool = True,
+) -> RunSummary:
+    """LIDC-IDRI (or any DICOM tree) -> canonical NIfTI volumes, manifest and skip report in ``out_dir``."""
+    cases, report = discover_dicom(src, workers, options, progress)
+    out_dir = Path(out_dir)
+    jobs = {case.case_id: (process_dicom_case, (case, out_dir, options)) for case in cases}
+    return run_cases(jobs, out_dir, options, workers, overwrite, progress, report)
+
+
+def preprocess_rad(
+    src: str | os.PathLike, out_dir: str | os.PathLike, options: PreprocessOptions | None = None,
+    workers: int = 1, overwrite: bool = False, progress: bool = True,
+) -> RunSummary:
+    """RAD-ChestCT ``.npz`` files under ``src`` -> volumes, manifest and skip report in ``out_dir``."""
+    options = options or replace(PreprocessOptions(), spacing=None, percentile=99.5)
+    src = Path(src)
+    if not src.exists():
+        raise DataError(f"{src}: source folder not found")
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*.npz") if p.is_file())
+    if not files:
+        raise DataError(f"{src}: no .npz files found")
+    out_dir = Path(out_dir)
+    base = src.parent if src.is_file() else src
+    jobs = {}
+    for path in files:
+        case_id = volume_stem(path.relative_to(base).as_posix().replace("/", "__"))
+        jobs[case_id] = (process_rad_case, (path, case_id, out_dir, options))
+    return run_cases(jobs, out_dir, options, workers, overwrite, progress)

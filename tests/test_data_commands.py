@@ -1,0 +1,63 @@
+import argparse
+
+import numpy as np
+import pytest
+from dicom_factory import ramp_volume, write_series
+
+from prdit.data.commands import add_data_subcommands
+from prdit.data.manifest import read_manifest
+from prdit.errors import DataError
+from prdit.io import load_volume
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser(prog="prdit data")
+    add_data_subcommands(parser.add_subparsers(dest="data_command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+    return args
+
+
+def test_defaults_follow_the_paper():
+    parser = argparse.ArgumentParser()
+    add_data_subcommands(parser.add_subparsers(dest="data_command"))
+    lidc = parser.parse_args(["lidc", "--src", "s", "--out", "o"])
+    assert (lidc.size, lidc.spacing, lidc.normalize, lidc.percentile, lidc.workers) == (256, 1.0, "hu", 99.9, 1)
+    rad = parser.parse_args(["rad", "--src", "s", "--out", "o"])
+    assert (rad.size, rad.spacing, rad.percentile, rad.npz_key) == (256, None, 99.5, "ct")
+    split = parser.parse_args(["split", "--manifest", "m.csv"])
+    assert (split.val, split.seed) == (200, 42)
+
+
+def test_lidc_then_split_from_the_command_line(tmp_path, capsys):
+    hu, origin = ramp_volume()
+    for patient in ("P1", "P2", "P3"):
+        write_series(tmp_path / "src" / patient, hu, origin=origin, patient_id=patient)
+    out = tmp_path / "out"
+    _run(["lidc", "--src", str(tmp_path / "src"), "--out", str(out), "--size", "16", "--spacing", "2", "--min-slices", "8",
+          "--normalize", "paper", "--no-progress"])
+    assert "3 volume(s) written" in capsys.readouterr().out
+    rows = read_manifest(out / "manifest.csv")
+    assert [r.status for r in rows] == ["ok"] * 3 and rows[0].normalize == "paper"
+    volume = load_volume(out / rows[0].output)
+    assert volume.array.shape == (16, 16, 16) and volume.spacing == (2.0, 2.0, 2.0)
+    assert 0.0 <= volume.array.min() and volume.array.max() <= 1.0
+
+    _run(["split", "--manifest", str(out / "manifest.csv"), "--val", "1", "--seed", "42"])
+    assert "(2 volumes)" in capsys.readouterr().out
+    listed = (out / "train.txt").read_text().split() + (out / "val.txt").read_text().split()
+    assert sorted(listed) == [r.output for r in rows]
+
+
+def test_rad_command_passes_its_options(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    np.savez_compressed(tmp_path / "src" / "x.npz", hu=np.full((8, 8, 8), 50.0, np.float32))
+    _run(["rad", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--size", "8", "--npz-key", "hu",
+          "--source-spacing", "1.5", "--no-progress"])
+    row = read_manifest(tmp_path / "out" / "manifest.csv")[0]
+    assert row.status == "ok" and row.original_spacing == [1.5, 1.5, 1.5] and row.hu_mean == 50.0
+
+
+def test_missing_source_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="source folder not found"):
+        _run(["lidc", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])

@@ -1,0 +1,224 @@
+import csv
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from dicom_factory import ramp_hu, ramp_volume, truncate, write_localizer, write_series
+
+from prdit.data.manifest import read_manifest
+from prdit.data.preprocess import (
+    PreprocessOptions,
+    body_center,
+    crop_or_pad,
+    paper_normalize,
+    preprocess_lidc,
+    preprocess_rad,
+)
+from prdit.errors import DataError
+from prdit.io import load_volume
+
+SMALL = PreprocessOptions(size=32, spacing=1.0, min_slices=8)
+
+
+def _lps_points(volume):
+    """LPS (x, y, z) of every voxel of a loaded volume, from the affine written into the file."""
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in volume.array.shape], indexing="ij"), axis=-1)[..., ::-1]
+    ras = ijk @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    return -ras[..., 0], -ras[..., 1], ras[..., 2]
+
+
+def _messy_lidc_tree(root):
+    """One patient: the phantom series (shuffled names, head-first instances), a thicker second series in the
+    same folder, a scout, an XML annotation and a truncated file; a second patient stored right-to-left."""
+    hu, origin = ramp_volume()
+    folder = root / "LIDC-IDRI-0001" / "1.2.study" / "1.2.series"
+    uid, paths = write_series(folder, hu, origin=origin)
+    write_series(folder, hu[::2], spacing=(5.0, 0.7, 0.7), origin=origin, prefix="THICK")
+    write_localizer(folder)
+    (folder / "069.xml").write_text("<LidcReadMessage/>")
+    corrupt = folder / "IMG9999.dcm"
+    corrupt.write_bytes(paths[0].read_bytes())
+    truncate(corrupt, 0.5)
+    write_series(root / "LIDC-IDRI-0002" / "s" / "s", hu, origin=origin, row_direction=-1.0, patient_id="PAT-0002")
+    return uid, corrupt
+
+
+def test_lidc_volumes_have_the_phantom_hu_orientation_and_geometry(tmp_path):
+    uid, corrupt = _messy_lidc_tree(tmp_path / "src")
+    summary = preprocess_lidc(tmp_path / "src", tmp_path / "out", SMALL, progress=False)
+    assert (summary.ok, summary.skipped, summary.kept) == (2, 0, 0)
+
+    for case in ("PAT-0001", "PAT-0002"):  # left-to-right and right-to-left storage give the same volume
+        volume = load_volume(tmp_path / "out" / "volumes" / f"{case}.nii.gz")
+        assert volume.array.shape == (32, 32, 32) and volume.spacing == (1.0, 1.0, 1.0)
+        x, y, z = _lps_points(volume)
+        # Inside the scan the output is the ramp at each voxel's world position (int16 rounding: 0.5 HU).
+        inside = (np.abs(x) < 10.85) & (np.abs(y) < 10.85) & (np.abs(z) < 18.75)
+        assert inside.sum() > 10_000
+        assert np.abs(volume.array - ramp_hu(x, y, z))[inside].max() <= 0.5
+        outside = (np.abs(x) > 11.5) | (np.abs(y) > 11.5) | (np.abs(z) > 19.5)
+        assert (volume.array[outside] == -1000).all()  # padded with air, not dropped
+
+    rows = {r.case_id: r for r in read_manifest(summary.manifest)}
+    row = rows["PAT-0001"]
+    assert (row.status, row.series_uid, row.output) == ("ok", uid, "volumes/PAT-0001.nii.gz")
+    assert row.original_shape == [16, 32, 32] and row.original_spacing == pytest.approx([2.5, 0.7, 0.7])
+    assert row.output_shape == [32, 32, 32] and row.hu_min == -1000.0
+    with open(summary.report) as handle:
+        report = list(csv.DictReader(handle))
+    assert {"kind": "file", "item": str(corrupt)} in [{"kind": r["kind"], "item": r["item"]} for r in report]
+    assert any(r["kind"] == "series" and "localizer" in r["reason"] for r in report)
+
+
+def test_rerun_skips_finished_cases_and_redoes_unfinished_ones(tmp_path):
+    _messy_lidc_tree(tmp_path / "src")
+    out = tmp_path / "out"
+    preprocess_lidc(tmp_path / "src", out, SMALL, progress=False)
+    first = out / "volumes" / "PAT-0001.nii.gz"
+    stamp = first.stat().st_mtime_ns
+    (out / "volumes" / "PAT-0002.nii.gz").unlink()
+    summary = preprocess_lidc(tmp_path / "src", out, SMALL, progress=False)
+    assert (summary.processed, summary.ok, summary.kept) == (1, 1, 1)
+    assert first.stat().st_mtime_ns == stamp
+    assert len(read_manifest(summary.manifest)) == 2
+    with pytest.raises(DataError, match="other options.*size: 32 -> 16"):
+        preprocess_lidc(tmp_path / "src", out, replace(SMALL, size=16), progress=False)
+    (out / "manifest.csv").unlink()
+    with pytest.raises(DataError, match="manifest.csv is missing"):
+        preprocess_lidc(tmp_path / "src", out, SMALL, progress=False)
+    assert preprocess_lidc(tmp_path / "src", out, SMALL, overwrite=True, progress=False).ok == 2
+
+
+def test_paper_normalisation_and_pooling(tmp_path):
+    hu, origin = ramp_volume()
+    write_series(tmp_path / "src", hu, origin=origin)
+    options = replace(SMALL, normalize="paper", pool=2)
+    summary = preprocess_lidc(tmp_path / "src", tmp_path / "out", options, progress=False)
+    assert summary.ok == 1
+    volume = load_volume(tmp_path / "out" / "volumes" / "PAT-0001.nii.gz")
+    assert volume.array.shape == (16, 16, 16) and volume.spacing == (2.0, 2.0, 2.0)
+    assert volume.array.min() == 0.0 and 0.99 < volume.array.max() <= 1.0
+    # A pooled voxel sits at the centre of its 2x2x2 block: the full-resolution grid starts at -15.5 mm.
+    x, y, z = _lps_points(volume)
+    assert (x[0, 0, 0], y[0, 0, 0], z[0, 0, 0]) == pytest.approx((-15.0, -15.0, -15.0))
+
+
+def test_crop_or_pad_centres_and_fills_with_air():
+    volume = np.arange(6 * 8 * 10, dtype=np.float32).reshape(6, 8, 10)
+    cube = crop_or_pad(volume, 8)
+    assert cube.shape == (8, 8, 8)
+    np.testing.assert_array_equal(cube[1:7, :, :], volume[:, :, 1:9])  # z padded 1 + 1, x cropped 1 + 1
+    assert (cube[0] == -1000).all() and (cube[7] == -1000).all()
+    np.testing.assert_array_equal(crop_or_pad(volume, 4, start=(2, 3, 4)), volume[2:6, 3:7, 4:8])
+    assert (crop_or_pad(volume, 4, start=(-4, 0, 0)) == -1000).all()
+
+
+def test_paper_normalize_clips_at_the_percentile_and_scales_to_unit_range():
+    hu = np.linspace(-2000, 2000, 1001, dtype=np.float32).reshape(1, 7, 143)
+    out = paper_normalize(hu, percentile=90.0)
+    high = np.percentile(np.clip(hu, -1000, None), 90.0)
+    expected = (np.clip(hu, -1000, high) + 1000) / (high + 1000)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    capped = paper_normalize(hu, percentile=100.0, ceiling=1000.0)
+    assert capped.max() == 1.0 and np.count_nonzero(capped == 1.0) == np.count_nonzero(hu >= 1000)
+    with pytest.raises(DataError, match="constant"):
+        paper_normalize(np.full((2, 2, 2), -1000.0), 99.9)
+
+
+def test_body_center_ignores_the_table():
+    hu = np.full((20, 40, 40), -1000.0, np.float32)
+    hu[2:18, 5:25, 10:30] = 40.0  # body, off centre
+    hu[:, 35:37, :] = 300.0  # table, separate and smaller
+    np.testing.assert_allclose(body_center(hu), [9.5, 14.5, 19.5])
+
+
+def _write_npz(path, shape, key="ct", value=None):
+    hu, _ = ramp_volume(shape, (0.8, 0.8, 0.8))
+    np.savez_compressed(path, **{key: hu if value is None else np.full(shape, value, np.float32)})
+    return hu
+
+
+def test_rad_crops_the_source_grid_skips_bad_files_and_reruns(tmp_path):
+    src = tmp_path / "rad"
+    src.mkdir()
+    big = _write_npz(src / "trn00001.npz", (20, 24, 24))
+    _write_npz(src / "trn00002.npz", (10, 12, 12))  # smaller than the crop: padded
+    _write_npz(src / "trn00003.npz", (20, 24, 24), key="volume_hu")
+    _write_npz(src / "trn00004.npz", (20, 24, 24))
+    truncate(src / "trn00004.npz", 0.5)
+    options = PreprocessOptions(size=16, spacing=None, percentile=99.5)
+    summary = preprocess_rad(src, tmp_path / "out", options, workers=2, progress=False)
+    assert (summary.ok, summary.skipped) == (2, 2)
+    rows = {r.case_id: r for r in read_manifest(summary.manifest)}
+    assert "no volume array 'ct'" in rows["trn00003"].reason and "volume_hu" in rows["trn00003"].reason
+    assert "trn00004.npz" in rows["trn00004"].reason and "truncated" in rows["trn00004"].reason
+
+    volume = load_volume(tmp_path / "out" / "volumes" / "trn00001.nii.gz")
+    assert volume.spacing == pytest.approx((0.8, 0.8, 0.8))
+    np.testing.assert_array_equal(volume.array, big[2:18, 4:20, 4:20])  # centre crop, no interpolation
+    small = load_volume(tmp_path / "out" / "volumes" / "trn00002.nii.gz").array
+    assert (small[:3] == -1000).all() and (small[3:13, 2:14, 2:14] != -1000).any()
+
+    again = preprocess_rad(src, tmp_path / "out", options, progress=False)
+    assert (again.kept, again.ok, again.skipped) == (2, 0, 2)  # failed cases are retried, finished ones kept
+
+
+def test_rad_paper_route_and_skip_small(tmp_path):
+    src = tmp_path / "rad"
+    src.mkdir()
+    _write_npz(src / "a.npz", (20, 24, 24))
+    _write_npz(src / "b.npz", (10, 12, 12))
+    options = PreprocessOptions(size=16, spacing=None, normalize="paper", percentile=99.5, hu_ceiling=1000.0, skip_small=True)
+    summary = preprocess_rad(src, tmp_path / "out", options, progress=False)
+    assert (summary.ok, summary.skipped) == (1, 1)
+    assert "smaller than the 16^3 crop" in read_manifest(summary.manifest)[1].reason
+    volume = load_volume(tmp_path / "out" / "volumes" / "a.nii.gz").array
+    assert volume.min() == 0.0 and volume.max() == 1.0
+
+
+def test_body_crop_centres_the_patient_not_the_scan(tmp_path):
+    hu, origin = ramp_volume()
+    body = np.full_like(hu, -1000.0)
+    body[:, 16:30, 2:14] = 40.0  # patient in the posterior-right part of the field of view
+    write_series(tmp_path / "src", body, origin=origin)
+    options = replace(SMALL, size=16, crop="body")
+    preprocess_lidc(tmp_path / "src", tmp_path / "out", options, progress=False)
+    volume = load_volume(tmp_path / "out" / "volumes" / "PAT-0001.nii.gz")
+    x, y, z = _lps_points(volume)
+    # Body box: x columns 2..13, y rows 16..29 -> centre (7.5, 22.5) voxels of 0.7 mm from the origin.
+    center = (x[8, 8, 8] + x[8, 8, 7]) / 2, (y[8, 8, 8] + y[8, 7, 8]) / 2
+    assert center == pytest.approx((origin[0] + 7.5 * 0.7, origin[1] + 22.5 * 0.7))
+    assert (volume.array[2:14, 4:12, 4:12] == 40).all()
+
+
+def test_a_tree_without_axial_ct_names_why(tmp_path):
+    write_localizer(tmp_path / "src")
+    with pytest.raises(DataError, match="no axial CT series found among 1 series.*localizer/scout image"):
+        preprocess_lidc(tmp_path / "src", tmp_path / "out", SMALL, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no DICOM files found"):
+        preprocess_lidc(tmp_path / "empty", tmp_path / "out", SMALL, progress=False)
+
+
+def test_a_broken_largest_series_falls_back_to_the_next(tmp_path):
+    hu, origin = ramp_volume()
+    folder = tmp_path / "src" / "PAT-0001"
+    broken_uid, _ = write_series(folder, hu, origin=origin, slices=[k for k in range(16) if k not in (7, 8)])
+    thick_uid, _ = write_series(folder, hu[::2], spacing=(5.0, 0.7, 0.7), origin=origin, prefix="THICK")
+    summary = preprocess_lidc(tmp_path / "src", tmp_path / "out", SMALL, progress=False)
+    row = read_manifest(summary.manifest)[0]
+    assert (row.status, row.series_uid, row.original_shape) == ("ok", thick_uid, [8, 32, 32])
+    assert f"series {broken_uid} not usable" in row.notes and "missing slices" in row.notes
+
+
+def test_rad_resampling_uses_the_file_spacing(tmp_path):
+    src = tmp_path / "rad"
+    src.mkdir()
+    hu, origin = ramp_volume((10, 20, 20), (2.0, 1.0, 1.0))
+    np.savez(src / "a.npz", ct=hu, spacing=np.array([2.0, 1.0, 1.0]))
+    options = PreprocessOptions(size=8, spacing=1.0)
+    preprocess_rad(src, tmp_path / "out", options, progress=False)
+    volume = load_volume(tmp_path / "out" / "volumes" / "a.nii.gz")
+    assert volume.spacing == (1.0, 1.0, 1.0)
+    x, y, z = _lps_points(volume)
+    np.testing.assert_allclose(volume.array, ramp_hu(x, y, z), atol=0.5)  # the whole cube lies inside the scan

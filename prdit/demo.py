@@ -136,13 +136,27 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _scalars(values: dict, prefix: str = "") -> dict[str, float]:
+    """Nested metric dicts flattened to ``{"a.b": number}`` (the protocol is shown separately)."""
+    flat: dict[str, float] = {}
+    for key, value in values.items():
+        if key == "protocol":
+            continue
+        if isinstance(value, dict):
+            flat.update(_scalars(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
+            flat[prefix + key] = float(value)
+    return flat
+
+
 def _metric_rows(metrics: dict) -> list[str]:
     """A Markdown table: one row per scalar metric, one column per sample set."""
     sets = list(metrics)
-    names = sorted({k for m in metrics.values() for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    flat = {name: _scalars(values) for name, values in metrics.items()}
+    names = sorted({key for values in flat.values() for key in values})
     rows = ["| metric | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
     for name in names:
-        cells = [f"{metrics[s][name]:.4g}" if isinstance(metrics[s].get(name), (int, float)) else "-" for s in sets]
+        cells = [f"{flat[s][name]:.4g}" if name in flat[s] else "-" for s in sets]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 

@@ -157,7 +157,7 @@ def save_nifti(
     if path.name.lower().endswith(".gz"):
         import gzip
 
-        payload = gzip.compress(payload, compresslevel=4, mtime=0)
+        payload = gzip.compress(payload, compresslevel=1, mtime=0)
     atomic_write_bytes(path, payload)
     return path
 
@@ -240,14 +240,18 @@ def load_volume(path: str | os.PathLike, npz_key: str | None = None) -> Volume:
 
 
 def find_volumes(root: str | os.PathLike) -> list[Path]:
-    """Sorted volume files under a folder (recursively), or the files listed in a list file (one path a line,
-    relative to the list's folder; ``#`` starts a comment)."""
+    """Sorted volume files under a folder (recursively), the ok cases of a preprocessing ``manifest.csv/.json``,
+    or the files listed in a list file (one path a line, relative to the list's folder; ``#`` starts a comment)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"{root}: no such file or folder")
     if root.is_file():
         if volume_suffix(root):
             return [root]
+        if root.name.startswith("manifest") and root.suffix in (".csv", ".json"):
+            from prdit.data.manifest import ok_outputs  # the data package builds on io, not the reverse
+
+            return ok_outputs(root)
         entries = [line.split("#", 1)[0].strip() for line in root.read_text().splitlines()]
         paths = [Path(e) if Path(e).is_absolute() else root.parent / e for e in entries if e]
         missing = [p for p in paths if not p.exists()]

@@ -168,3 +168,18 @@ def test_geometry_helpers():
     affine = nifti_affine((2.5, 0.7, 0.8), (0.0, 0.0, 0.0))
     assert spacing_from_affine(affine) == (2.5, 0.7, 0.8)
     assert volume_stem("dir/case_001.nii.gz") == "case_001"
+
+
+def test_find_volumes_reads_the_ok_cases_of_a_manifest(tmp_path):
+    from prdit.data.manifest import ManifestRow, write_manifest
+
+    (tmp_path / "volumes").mkdir()
+    for name in ("a", "b"):
+        np.save(tmp_path / "volumes" / f"{name}.npy", np.zeros((4, 4, 4), np.float32))
+    rows = [
+        ManifestRow(case_id="a", status="ok", source="/src/a", output="volumes/a.npy"),
+        ManifestRow(case_id="b", status="skipped", source="/src/b", reason="gantry tilt"),
+        ManifestRow(case_id="c", status="ok", source="/src/c", output="volumes/b.npy"),
+    ]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    assert find_volumes(manifest) == [tmp_path / "volumes" / "a.npy", tmp_path / "volumes" / "b.npy"]

@@ -47,7 +47,9 @@ def debug_config(config: Config) -> Config:
     values = config.to_dict()
     values["training"].update(total_steps=min(config.training.total_steps, 8), global_batch_size=2, micro_batch_size=1)
     values["logging"].update(log_every=1, ckpt_every=4, eval_every=4, num_preview_samples=1)
-    values["data"]["phantom"]["num"] = min(config.data.phantom.num, 8)
+    if config.data.dataset == "phantom":  # a folder of its own: 8 debug phantoms must not become the real dataset
+        values["data"]["phantom"]["num"] = min(config.data.phantom.num, 8)
+        values["data"]["root"] = config.data.root.rstrip("/") + "-debug"
     values["output"]["results_dir"] = str(Path(config.output.results_dir) / "debug")
     return config_from_dict(values, "debug config")
 

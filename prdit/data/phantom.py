@@ -1,0 +1,761 @@
+"""Procedural chest-CT phantoms in Hounsfield units: prdit's embedded default dataset (no download needed).
+
+Each phantom is drawn from a seeded random anatomy (:class:`ChestAnatomy`): a body with skin and subcutaneous
+fat, a rib cage whose size and rib spacing vary, two lungs with apical domes, diaphragm domes and a gravity
+gradient, a heart whose size, position and rotation vary, the aorta, trachea and branching bronchi, branching
+pulmonary vessels, a segmented vertebral column with posterior elements, ribs with costal cartilage, the
+sternum, the liver, an optional gastric air bubble, optional lung nodules (3-30 mm, any count including none)
+and the scanner table. The label volume is turned into HU, blurred by a small point-spread function and given
+CT-like correlated noise.
+
+Geometry follows the prdit convention: arrays ``[z, y, x]`` in LPS (x -> patient left, y -> posterior,
+z -> superior), so ``vol[k]`` displays as a radiology axial slice. Anatomy is built in millimetres on the
+voxel-centre grid, so the same seed gives the same patient at every size; the default spacing fits a
+360 mm field of view. Shapes are implicit functions evaluated on broadcast coordinate grids (only +, -, *, /
+and sqrt touch the grid: correctly rounded, so no libm differences between machines), tubes are unions of
+balls splatted along centre lines, and all randomness comes from ``numpy.random.Generator(PCG64)`` streams
+spawned from the seed: the same (size, seed, spacing) gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+from scipy.interpolate import CubicSpline
+
+from prdit.errors import PrditError
+
+FIELD_OF_VIEW_MM = 360.0
+MIN_SIZE, MAX_SIZE = 32, 256
+
+#: Tissue classes of the label volume (``generate_phantom(..., return_labels=True)``).
+TISSUE_LABELS: dict[str, int] = {
+    "air": 0,  # outside the body
+    "fat": 1,  # subcutaneous and pericardial fat
+    "soft_tissue": 2,  # muscle, skin, mediastinum, spinal canal, discs, airway walls
+    "lung": 3,  # parenchyma, denser posteriorly (gravity gradient)
+    "airway": 4,  # trachea and bronchial lumen
+    "vessel": 5,  # aorta and pulmonary vessels (unenhanced blood)
+    "heart": 6,
+    "liver": 7,
+    "cancellous": 8,  # trabecular bone of vertebrae, ribs and sternum
+    "cortical": 9,  # bone shell
+    "cartilage": 10,  # costal cartilage
+    "nodule": 11,  # solid lung nodules, 3-30 mm
+    "gas": 12,  # gastric air bubble
+    "table_shell": 13,  # carbon-fibre skin of the scanner table
+    "table_foam": 14,  # foam core of the scanner table
+}
+
+#: HU interval each tissue's noise-free value lies in (per-seed base values are drawn inside it).
+TISSUE_HU_RANGES: dict[str, tuple[float, float]] = {
+    "air": (-1000.0, -1000.0),
+    "fat": (-120.0, -80.0),
+    "soft_tissue": (20.0, 60.0),
+    "lung": (-950.0, -750.0),
+    "airway": (-1000.0, -1000.0),
+    "vessel": (25.0, 60.0),
+    "heart": (25.0, 60.0),
+    "liver": (45.0, 75.0),
+    "cancellous": (150.0, 350.0),
+    "cortical": (700.0, 1000.0),
+    "cartilage": (80.0, 200.0),
+    "nodule": (-50.0, 50.0),
+    "gas": (-1000.0, -1000.0),
+    "table_shell": (100.0, 300.0),
+    "table_foam": (-900.0, -700.0),
+}
+
+L = TISSUE_LABELS  # short alias for the label assignments below
+_STREAMS = ("anatomy", "tissue", "airways", "vessels", "nodules", "noise")
+
+
+def default_spacing(size: int) -> float:
+    """Isotropic spacing (mm) that fits the whole chest (a 360 mm field of view) into ``size`` voxels."""
+    return FIELD_OF_VIEW_MM / size
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Anatomy parameters
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChestAnatomy:
+    """The random parameters of one phantom patient (millimetres, LPS, origin at the volume centre)."""
+
+    cage_a: float  # rib-cage half width
+    cage_b: float  # rib-cage half depth (anterior-posterior)
+    cage_square: float  # 0: elliptic cross-section, 1: rounded square
+    muscle_lateral: float
+    muscle_anterior: float
+    muscle_posterior: float  # posterior chest wall lateral to the spine
+    paraspinal: tuple[float, float]  # (depth behind the cage, half width) of the paraspinal muscles
+    fat: float  # subcutaneous fat thickness
+    body_square: float
+    table_gap: float
+    table_thickness: float
+    table_radius: float  # curvature radius of the cradle
+    widest_z: float  # level where the thorax is widest; the lung apices dome above it
+    apex_z: float
+    dome_right_z: float  # peak of the right hemidiaphragm (higher than the left: the liver)
+    dome_left_z: float
+    dome_depth: float  # how far the costophrenic recesses reach below the domes
+    mediastinum_half_width: float
+    heart_center: tuple[float, float, float]  # (z, y, x); y relative to the rib-cage centre
+    heart_axes: tuple[float, float, float]  # semi-axes along the long axis, then the two short ones
+    heart_yaw: float  # radians, long axis from +x towards anterior
+    heart_tilt: float  # radians, long axis towards inferior
+    pericardial_fat: float
+    aorta_radius: float
+    arch_z: float
+    trachea_radius: float
+    carina_z: float
+    vertebra_pitch: float  # also the rib spacing
+    vertebra_radii: tuple[float, float]  # (y, x) semi-axes of the vertebral bodies
+    rib_top_z: float  # posterior height of the first rib
+    rib_drop: float  # how far a rib descends from its posterior to its anterior end
+    rib_radii: tuple[float, float]  # (height, thickness) semi-axes of a rib
+    scapula_z: tuple[float, float]  # inferior angle and top of the shoulder blades
+    clavicle_radius: float
+    lung_gravity_hu: float
+    noise_hu: float
+    gastric_bubble: bool
+
+
+def sample_anatomy(rng: np.random.Generator) -> ChestAnatomy:
+    """Draw one anatomy; every dimension varies across seeds within adult ranges."""
+    u = rng.uniform
+    dome_right = u(-70.0, -45.0)
+    widest = u(-30.0, 0.0)
+    return ChestAnatomy(
+        cage_a=u(115.0, 140.0),
+        cage_b=u(80.0, 98.0),
+        cage_square=u(0.0, 0.35),
+        muscle_lateral=u(5.0, 10.0),
+        muscle_anterior=u(6.0, 14.0),
+        muscle_posterior=u(18.0, 28.0),
+        paraspinal=(u(32.0, 42.0), u(75.0, 95.0)),
+        fat=u(5.0, 20.0),
+        body_square=u(0.15, 0.6),
+        table_gap=u(2.0, 12.0),
+        table_thickness=u(18.0, 30.0),
+        table_radius=u(500.0, 900.0),
+        widest_z=widest,
+        apex_z=u(130.0, 150.0),
+        dome_right_z=dome_right,
+        dome_left_z=dome_right - u(5.0, 20.0),
+        dome_depth=u(40.0, 65.0),
+        mediastinum_half_width=u(10.0, 18.0),
+        heart_center=(dome_right + u(25.0, 40.0), -u(25.0, 40.0), u(20.0, 40.0)),
+        heart_axes=(u(50.0, 62.0), u(36.0, 45.0), u(38.0, 47.0)),
+        heart_yaw=math.radians(u(25.0, 45.0)),
+        heart_tilt=math.radians(u(15.0, 30.0)),
+        pericardial_fat=u(2.0, 6.0),
+        aorta_radius=u(11.0, 15.0),
+        arch_z=u(55.0, 80.0),
+        trachea_radius=u(7.5, 10.0),
+        carina_z=u(25.0, 45.0),
+        vertebra_pitch=u(21.0, 27.0),
+        vertebra_radii=(u(14.0, 18.0), u(18.0, 23.0)),
+        rib_top_z=u(105.0, 125.0),
+        rib_drop=u(70.0, 100.0),
+        rib_radii=(u(5.0, 7.0), u(3.0, 4.0)),
+        scapula_z=(u(-20.0, 20.0), u(130.0, 150.0)),
+        clavicle_radius=u(5.0, 7.5),
+        lung_gravity_hu=u(20.0, 50.0),
+        noise_hu=u(10.0, 20.0),
+        gastric_bubble=bool(rng.random() < 0.6),
+    )
+
+
+def sample_tissue_hu(rng: np.random.Generator) -> np.ndarray:
+    """Per-seed base HU of each label (lookup table indexed by label), inside :data:`TISSUE_HU_RANGES`."""
+    lut = np.zeros(len(TISSUE_LABELS), dtype=np.float32)
+    narrow = {"lung": (-870.0, -830.0)}  # the gravity gradient adds +-50 HU around the lung base value
+    for name, index in TISSUE_LABELS.items():
+        low, high = narrow.get(name, TISSUE_HU_RANGES[name])
+        margin = 0.15 * (high - low)
+        lut[index] = low if high == low else rng.uniform(low + margin, high - margin)
+    return lut
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Grid helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Grid:
+    """Voxel-centre coordinates (mm) of a [D, H, W] volume centred on the origin, as broadcastable axes."""
+
+    def __init__(self, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> None:
+        self.shape = shape
+        self.spacing = np.asarray(spacing, dtype=np.float64)
+        axes = [((np.arange(n) - (n - 1) / 2) * s).astype(np.float32) for n, s in zip(shape, spacing)]
+        self.z = axes[0][:, None, None]
+        self.y = axes[1][None, :, None]
+        self.x = axes[2][None, None, :]
+        self.y2 = axes[1][:, None]  # axial-plane (H, W) versions
+        self.x2 = axes[2][None, :]
+
+    def to_index(self, points_zyx: np.ndarray) -> np.ndarray:
+        """Fractional voxel indices of points given in mm."""
+        return points_zyx / self.spacing + (np.asarray(self.shape) - 1) / 2
+
+    def lookup(self, mask: np.ndarray, points_zyx: np.ndarray) -> np.ndarray:
+        """``mask`` at the voxels nearest to the points; False outside the volume."""
+        index = np.rint(self.to_index(points_zyx)).astype(np.int64)
+        inside = np.all((index >= 0) & (index < np.asarray(self.shape)), axis=1)
+        result = np.zeros(len(points_zyx), dtype=bool)
+        result[inside] = mask[tuple(index[inside].T)]
+        return result
+
+
+def _squircle4(u: np.ndarray, v: np.ndarray, square: float | np.ndarray) -> np.ndarray:
+    """Fourth power of a norm blending the circle (square=0) and the L4 rounded square (square=1).
+
+    A convex combination of convex functions: the level sets stay convex, and it is homogeneous, so the norm of
+    ``p / k`` is the norm of ``p`` divided by ``k``.
+    """
+    u2, v2 = u * u, v * v
+    return (1.0 - square) * (u2 + v2) ** 2 + square * (u2 * u2 + v2 * v2)
+
+
+def _splat_balls(grid: _Grid, centers_zyx: np.ndarray, radii: np.ndarray, chunk_voxels: int = 1 << 22) -> np.ndarray:
+    """Union of balls (mm) as a boolean volume: tubes are balls swept along densely sampled centre lines.
+
+    Radii below half a voxel are drawn as half a voxel (the centre-line voxel), so thin vessels stay visible
+    the way partial volume makes them visible on CT.
+    """
+    mask = np.zeros(grid.shape, dtype=bool)
+    if len(centers_zyx) == 0:
+        return mask
+    smallest = float(grid.spacing.min())
+    radii = np.maximum(radii, 0.5 * smallest)
+    reach = np.ceil(radii[:, None] / grid.spacing[None, :]).astype(np.int64)  # per-axis box half size
+    groups = reach[:, 0] * 10_000 + reach[:, 1] * 100 + reach[:, 2]
+    for key in np.unique(groups):
+        members = np.flatnonzero(groups == key)
+        kz, ky, kx = reach[members[0]]
+        offsets = np.stack(np.meshgrid(*(np.arange(-k, k + 1) for k in (kz, ky, kx)), indexing="ij"), -1).reshape(-1, 3)
+        per_chunk = max(1, chunk_voxels // len(offsets))
+        for start in range(0, len(members), per_chunk):
+            chosen = members[start : start + per_chunk]
+            exact = grid.to_index(centers_zyx[chosen])
+            candidates = np.rint(exact).astype(np.int64)[:, None, :] + offsets[None]
+            distance2 = (((candidates - exact[:, None, :]) * grid.spacing) ** 2).sum(-1)
+            hit = (distance2 <= radii[chosen, None] ** 2) & np.all((candidates >= 0) & (candidates < grid.shape), axis=-1)
+            mask[tuple(candidates[hit].T)] = True
+    return mask
+
+
+def _ball_step(radii: np.ndarray | float, voxel: float) -> np.ndarray:
+    """Centre-line sampling step for a union of balls: 0.3 radius keeps the scalloping under 1.2% of it."""
+    return 0.3 * np.maximum(radii, 0.5 * voxel)
+
+
+def _sample_segments(starts: np.ndarray, ends: np.ndarray, radii: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points along straight segments, every :func:`_ball_step` of the segment's radius, with that radius."""
+    lengths = np.linalg.norm(ends - starts, axis=1)
+    steps = _ball_step(radii, voxel)
+    counts = np.ceil(lengths / steps).astype(np.int64) + 1
+    segment = np.repeat(np.arange(len(starts)), counts)
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    t = (np.arange(counts.sum()) - first) / np.repeat(np.maximum(counts - 1, 1), counts)
+    return starts[segment] + t[:, None] * (ends - starts)[segment], radii[segment]
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def _grow_tree(
+    rng: np.random.Generator,
+    roots: np.ndarray,
+    directions: np.ndarray,
+    radii: np.ndarray,
+    inside,
+    min_radius: float,
+    length_per_radius: tuple[float, float],
+    free_generations: int = 1,
+    max_generations: int = 14,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Grow binary branching trees generation by generation; returns segment (starts, ends, radii).
+
+    Each branch splits into a major and a minor child turned to opposite sides of a random plane, with radii
+    shrinking as in Murray-like bronchial and vascular trees. Branches whose end leaves the lung (``inside``,
+    checked after ``free_generations`` generations that start in the mediastinum) stop growing.
+    """
+    starts, ends, widths = [], [], []
+    origin = roots.copy()
+    position, direction, radius, anchor = roots, _unit(directions), radii, origin
+    for generation in range(max_generations):
+        if len(position) == 0:
+            break
+        length = radius * rng.uniform(*length_per_radius, size=len(radius))
+        end = position + length[:, None] * direction
+        starts.append(position), ends.append(end), widths.append(radius)
+        alive = inside(end) if generation >= free_generations else np.ones(len(end), dtype=bool)
+        alive &= radius * 0.8 >= min_radius
+        end, direction, radius, anchor = end[alive], direction[alive], radius[alive], anchor[alive]
+        count = len(end)
+        if count == 0:
+            break
+        perpendicular = _unit(np.cross(direction, rng.normal(size=(count, 3))))
+        spread = _unit(end - anchor)  # keep fanning out from the hilum
+        children_directions, children_radii = [], []
+        for angle_range, ratio_range, side in (((15.0, 35.0), (0.8, 0.92), 1.0), ((35.0, 65.0), (0.6, 0.8), -1.0)):
+            angle = np.radians(rng.uniform(*angle_range, size=count))[:, None]
+            turned = np.cos(angle) * direction + side * np.sin(angle) * perpendicular
+            children_directions.append(_unit(turned + 0.25 * spread))
+            children_radii.append(radius * rng.uniform(*ratio_range, size=count))
+        position = np.concatenate([end, end])
+        direction = np.concatenate(children_directions)
+        radius = np.concatenate(children_radii)
+        anchor = np.concatenate([anchor, anchor])
+        keep = radius >= min_radius
+        position, direction, radius, anchor = position[keep], direction[keep], radius[keep], anchor[keep]
+    if not starts:
+        empty = np.zeros((0, 3))
+        return empty, empty, np.zeros(0)
+    return np.concatenate(starts), np.concatenate(ends), np.concatenate(widths)
+
+
+def _spline_points(control_zyx: list[tuple[float, float, float]], control_radii: list[float], step: float) -> tuple[np.ndarray, np.ndarray]:
+    """Points every ``step`` mm along a smooth curve through control points, radii interpolated linearly."""
+    control = np.asarray(control_zyx, dtype=np.float64)
+    chord = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(control, axis=0), axis=1))])
+    curve = CubicSpline(chord, control, bc_type="natural")
+    t = np.linspace(0.0, chord[-1], int(np.ceil(chord[-1] / step)) + 1)
+    return curve(t), np.interp(t, chord, control_radii)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The phantom
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _validate(size: int, seed: int, spacing_mm: float | None) -> float:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise PrditError(f"phantom size {size!r} is out of range: use an integer from {MIN_SIZE} to {MAX_SIZE} voxels per side")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise PrditError(f"phantom seed {seed!r} must be a non-negative integer")
+    if spacing_mm is None:
+        return default_spacing(int(size))
+    if not isinstance(spacing_mm, (int, float, np.floating, np.integer)) or not math.isfinite(spacing_mm) or spacing_mm <= 0:
+        raise PrditError(f"phantom spacing {spacing_mm!r} mm must be a positive number (or None for the {FIELD_OF_VIEW_MM:.0f} mm default field of view)")
+    return float(spacing_mm)
+
+
+def generate_phantom(
+    size: int,
+    seed: int,
+    spacing_mm: float | None = None,
+    nodules: bool = True,
+    noise: bool = True,
+    return_labels: bool = False,
+):
+    """A procedural chest CT: ``(volume, spacing)`` or ``(volume, spacing, labels)`` with ``return_labels``.
+
+    ``volume`` is float32 ``[size, size, size]`` in HU (LPS ``[z, y, x]``), ``spacing`` is ``(sz, sy, sx)`` mm
+    (isotropic; default :func:`default_spacing`, a 360 mm field of view) and ``labels`` is uint8 with the
+    classes of :data:`TISSUE_LABELS`. ``noise=False`` leaves out the correlated noise (the point-spread blur
+    stays, so boundary voxels mix their neighbours' values); ``nodules=False`` draws no lung nodules.
+    """
+    spacing_value = _validate(size, seed, spacing_mm)
+    size = int(size)
+    spacing = (spacing_value,) * 3
+    # One independent stream per component, so that e.g. the nodules or the noise do not shift with how many
+    # random numbers the resolution-dependent vessel trees consumed.
+    streams = dict(zip(_STREAMS, (np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(int(seed)).spawn(len(_STREAMS)))))
+    anatomy = sample_anatomy(streams["anatomy"])
+    tissue_hu = sample_tissue_hu(streams["tissue"])
+    grid = _Grid((size, size, size), spacing)
+    labels = _draw_anatomy(grid, anatomy, streams, nodules)
+
+    volume = tissue_hu[labels]
+    # Lung parenchyma is denser in the dependent (posterior) part of a supine patient.
+    a = anatomy
+    center_y = _body_center_y(a)
+    gravity = np.clip((grid.y - center_y) / a.cage_b, -1.0, 1.0) * np.float32(a.lung_gravity_hu)
+    lung = labels == L["lung"]
+    volume[lung] += np.broadcast_to(gravity, volume.shape)[lung]
+    # Scanner point-spread function (and the partial-volume averaging of a coarse grid).
+    volume = ndimage.gaussian_filter(volume, sigma=0.5, mode="nearest", truncate=3.0)
+    if noise:
+        # Reconstructed CT noise is spatially correlated: low-pass filtered white noise, rescaled to the target std.
+        white = streams["noise"].standard_normal(volume.shape, dtype=np.float32)
+        correlated = ndimage.gaussian_filter(white, sigma=0.8, mode="wrap", truncate=3.0)
+        volume += correlated * np.float32(a.noise_hu / correlated.std(dtype=np.float64))
+    np.clip(volume, -1024.0, 3071.0, out=volume)
+    volume = volume.astype(np.float32, copy=False)
+    if return_labels:
+        return volume, spacing, labels
+    return volume, spacing
+
+
+def _body_center_y(a: ChestAnatomy) -> float:
+    """y of the rib-cage centre that centres body plus table in the field of view."""
+    anterior = a.cage_b + a.muscle_anterior + a.fat
+    posterior = _body_back(a) + a.table_gap + a.table_thickness
+    return (anterior - posterior) / 2
+
+
+def _body_back(a: ChestAnatomy) -> float:
+    """Posterior extent of the body behind the rib-cage centre (the paraspinal muscles stick out most)."""
+    return a.cage_b + max(a.muscle_posterior, a.paraspinal[0]) + a.fat
+
+
+def _draw_anatomy(grid: _Grid, a: ChestAnatomy, streams: dict[str, np.random.Generator], with_nodules: bool) -> np.ndarray:
+    """The uint8 label volume, painted from the outside in (later structures overwrite earlier ones)."""
+    shape = grid.shape
+    z, y, x = grid.z, grid.y, grid.x
+    cy = _body_center_y(a)
+    yy, xx = grid.y2 - np.float32(cy), grid.x2  # axial plane, relative to the rib-cage centre
+    labels = np.zeros(shape, dtype=np.uint8)
+
+    # --- Table: a curved cradle (carbon shell around a foam core) under the patient.
+    top = cy + _body_back(a) + a.table_gap - grid.x2**2 / np.float32(2 * a.table_radius)
+    shell = max(2.0, float(grid.spacing[1]))  # at least one voxel, so the shell never breaks up
+    table = (grid.y2 >= top) & (grid.y2 <= top + a.table_thickness)
+    foam = (grid.y2 >= top + shell) & (grid.y2 <= top + a.table_thickness - shell)
+    labels[:, table] = L["table_shell"]
+    labels[:, foam] = L["table_foam"]
+
+    # --- Body: skin, subcutaneous fat, muscle/soft tissue (the same cross-section at every level).
+    half_width = a.cage_a + a.muscle_lateral + a.fat
+    half_depth = np.where(yy < 0, a.cage_b + a.muscle_anterior + a.fat, a.cage_b + a.muscle_posterior + a.fat).astype(np.float32)
+    square = np.where(yy < 0, a.body_square, min(1.0, a.body_square + 0.2)).astype(np.float32)  # flatter back on the table
+
+    depth, spread = a.paraspinal
+
+    def body_level(inset: float) -> np.ndarray:
+        trunk = _squircle4(xx / np.float32(half_width - inset), yy / (half_depth - np.float32(inset)), square) <= 1.0
+        back = (xx / np.float32(spread - inset)) ** 2 + ((yy - np.float32(a.cage_b - 10.0)) / np.float32(depth + 10.0 + a.fat - inset)) ** 2 <= 1.0
+        return trunk | back
+
+    body, fat_inner, skin_inner = body_level(0.0), body_level(a.fat + 1.5), body_level(1.5)
+    labels[:, body] = L["soft_tissue"]
+    labels[:, skin_inner & ~fat_inner] = L["fat"]
+    radius = np.sqrt(xx**2 + yy**2) + np.float32(1e-3)
+    trunk_norm = np.sqrt(np.sqrt(_squircle4(xx / np.float32(half_width), yy / half_depth, square)))
+    under_skin = radius / trunk_norm - radius  # mm from the trunk surface inwards, along the ray from the centre
+
+    # --- Rib-cage coordinates: radial distance (mm) outside the cage surface, which narrows above widest_z.
+    norm = np.sqrt(np.sqrt(_squircle4(xx / np.float32(a.cage_a), yy / np.float32(a.cage_b), np.float32(a.cage_square))))
+    surface_radius = radius / norm  # centre -> unit cage surface along the ray through each voxel
+    t = np.clip((grid.z[:, 0, 0] - a.widest_z) / (a.apex_z - a.widest_z), 0.0, 1.0)
+    cage_scale = ((0.45 + 0.6 * np.sqrt(1.0 - t * t)) / 1.05).astype(np.float32)[:, None, None]
+    outside_cage = radius[None] - cage_scale * surface_radius[None]  # [D, H, W] mm, > 0 outside the cavity
+
+    # --- Diaphragm domes (right higher), blended across the midline; deeper recesses laterally/posteriorly.
+    def dome(peak: float, side_x: float) -> np.ndarray:
+        lateral = ((xx - np.float32(side_x)) / np.float32(0.6 * a.cage_a)) ** 2
+        depth = ((yy + np.float32(0.15 * a.cage_b)) / np.float32(a.cage_b)) ** 2
+        return np.float32(peak) - np.float32(a.dome_depth) * np.minimum(1.0, lateral + depth)
+
+    blend = np.clip(0.5 + xx / 30.0, 0.0, 1.0)
+    diaphragm = (1 - blend) * dome(a.dome_right_z, -0.45 * a.cage_a) + blend * dome(a.dome_left_z, 0.45 * a.cage_a)
+    diaphragm = diaphragm.astype(np.float32)
+    above_diaphragm = z > diaphragm[None]
+
+    # --- Apical domes: each lung rounds off above widest_z around its own centre.
+    height = a.apex_z - a.widest_z
+    up = np.maximum(z - np.float32(a.widest_z), 0.0) / np.float32(height)
+    apex_ok = np.zeros(shape, dtype=bool)
+    for side in (-1.0, 1.0):
+        across = ((xx - np.float32(side * 0.45 * a.cage_a)) / np.float32(0.6 * a.cage_a)) ** 2 + (yy / np.float32(1.1 * a.cage_b)) ** 2
+        apex_ok |= across[None] + up * up <= 1.0
+    cavity = (outside_cage <= 0) & above_diaphragm & apex_ok
+
+    # --- Heart: a rotated ellipsoid pointing anterior-left-inferior, wrapped in pericardial fat.
+    hz, hy, hx = a.heart_center
+    cos_yaw, sin_yaw, cos_tilt, sin_tilt = math.cos(a.heart_yaw), math.sin(a.heart_yaw), math.cos(a.heart_tilt), math.sin(a.heart_tilt)
+    long_axis = np.array([-sin_tilt, -sin_yaw * cos_tilt, cos_yaw * cos_tilt])  # (z, y, x): down, anterior, left
+    second = _unit(np.cross(long_axis, [1.0, 0.0, 0.0]))
+    third = np.cross(long_axis, second)
+    dz, dy, dx = z - np.float32(hz), yy[None] - np.float32(hy), xx[None] - np.float32(hx)
+
+    def heart_level(grow: float) -> np.ndarray:
+        axes = zip((long_axis, second, third), a.heart_axes)
+        return sum(((dz * np.float32(e[0]) + dy * np.float32(e[1]) + dx * np.float32(e[2])) / np.float32(semi + grow)) ** 2 for e, semi in axes) <= 1.0
+
+    heart, heart_fat = heart_level(0.0), heart_level(a.pericardial_fat)
+
+    # --- Spine: vertebral bodies separated by discs, canal and posterior arch, transverse and spinous processes.
+    ry, rx = a.vertebra_radii
+    body_y = a.cage_b - ry - 5.0
+    canal_y, canal_r = a.cage_b + 3.0, 8.0
+    phase = np.mod(grid.z[:, 0, 0] - a.rib_top_z, a.vertebra_pitch) / a.vertebra_pitch
+    is_bone_level = (phase > 0.18)[:, None, None]  # the rest is the disc
+    has_arch = ((phase > 0.3) & (phase < 0.85))[:, None, None]
+    vertebral_body = ((xx / rx) ** 2 + ((yy - body_y) / ry) ** 2 <= 1.0)[None]
+    canal_d2 = xx**2 + (yy - canal_y) ** 2
+    arch = (canal_d2 <= (canal_r + 5.0) ** 2) & (canal_d2 > canal_r**2) & (yy > canal_y - 3.0)
+    processes = ((np.abs(xx) <= 4.0) & (yy >= canal_y) & (yy <= canal_y + 40.0)) | (
+        (np.abs(yy - canal_y) <= 4.5) & (np.abs(xx) <= rx + 20.0)
+    )
+    spine_bone = (vertebral_body & is_bone_level) | ((arch | processes)[None] & has_arch)
+    disc = vertebral_body & ~is_bone_level
+    paravertebral = (np.abs(xx) <= rx + 8.0) & (yy >= body_y - ry - 4.0)  # the lungs wrap around the spine
+
+    # --- Aorta: ascending in front, arch over the left bronchus, descending left-anterior of the spine.
+    descending = (cy + body_y - 0.8 * ry, rx * 0.9 + a.aorta_radius * 0.8)
+    voxel = float(grid.spacing.min())
+    aorta_pts, aorta_r = _spline_points(
+        [
+            (hz + 0.5 * a.heart_axes[2], cy - 0.3 * a.cage_b, 2.0),
+            (a.arch_z - 15.0, cy - 0.35 * a.cage_b, -2.0),
+            (a.arch_z, cy + 0.1 * a.cage_b, 12.0),
+            (a.arch_z - 18.0, descending[0] - 4.0, descending[1]),
+            (a.dome_left_z - 20.0, descending[0], descending[1]),
+            (-FIELD_OF_VIEW_MM, descending[0] - 5.0, 0.4 * descending[1]),
+        ],
+        [a.aorta_radius, a.aorta_radius, a.aorta_radius * 0.92, a.aorta_radius * 0.85, a.aorta_radius * 0.8, a.aorta_radius * 0.75],
+        float(_ball_step(a.aorta_radius * 0.75, voxel)),
+    )
+    aorta = _splat_balls(grid, aorta_pts, aorta_r)
+    aorta_margin = _splat_balls(grid, aorta_pts, aorta_r + 4.0)
+
+    # --- Lungs: the cavity minus the mediastinum, heart, aorta and spine.
+    mediastinum = (np.abs(xx) <= a.mediastinum_half_width)[None] | heart_fat | aorta_margin | paravertebral[None]
+    lung = cavity & ~mediastinum
+    labels[lung] = L["lung"]
+
+    # --- Below the diaphragm: liver on the right, an optional gastric air bubble with its fluid level.
+    below = (z < diaphragm[None] - 3.0) & ((outside_cage - 4.0) <= 0) & ~paravertebral[None]
+    liver_shape = (((xx + 0.25 * a.cage_a) / (0.85 * a.cage_a)) ** 2 + (yy / (0.95 * a.cage_b)) ** 2)[None] + (
+        (z - np.float32(a.dome_right_z - 55.0)) / np.float32(90.0)
+    ) ** 2 <= 1.0
+    labels[below & liver_shape] = L["liver"]
+    if a.gastric_bubble:
+        center = (a.dome_left_z - 30.0, cy - 0.25 * a.cage_b, 0.5 * a.cage_a)
+        stomach = (
+            (z - np.float32(center[0])) ** 2 / 30.0**2 + (y - np.float32(center[1])) ** 2 / 35.0**2 + (x - np.float32(center[2])) ** 2 / 35.0**2
+        ) <= 1.0
+        stomach &= below & ~liver_shape
+        labels[stomach] = L["soft_tissue"]
+        labels[stomach & (z > np.float32(center[0] + 5.0))] = L["gas"]  # air-fluid level: the patient lies supine
+
+    labels[heart_fat & ~heart & ~lung] = L["fat"]
+    labels[heart] = L["heart"]
+    labels[aorta] = L["vessel"]
+    labels[disc] = L["soft_tissue"]
+
+    # --- Ribs: 12 pairs on the cage surface, descending anteriorly; costal cartilage joins the sternum.
+    around = (1.0 - yy / radius) / 2.0  # 0 at the posterior midline, 1 at the anterior midline
+    rib_height, rib_thickness = a.rib_radii
+    offset = rib_thickness + 2.0  # ribs sit just outside the pleural cavity
+    descent = np.float32(a.rib_drop) * around
+    number = np.clip(np.rint((a.rib_top_z - descent[None] - z) / a.vertebra_pitch), 0, 11).astype(np.int64)
+    rib_dz = z - (np.float32(a.rib_top_z) - number * np.float32(a.vertebra_pitch) - descent[None])
+    on_rib = (rib_dz / rib_height) ** 2 + ((outside_cage - offset) / rib_thickness) ** 2 <= 1.0
+    bone_end = np.array([0.78] * 7 + [0.74, 0.7, 0.66, 0.5, 0.4], dtype=np.float32)  # floating ribs end early
+    cartilage_end = np.array([0.97] * 7 + [0.88, 0.84, 0.8, 0.5, 0.4], dtype=np.float32)
+    rib_bone = on_rib & (around[None] >= 0.07) & (around[None] <= bone_end[number])
+    rib_cartilage = on_rib & (around[None] > bone_end[number]) & (around[None] <= cartilage_end[number])
+    labels[rib_cartilage] = L["cartilage"]
+
+    # --- Sternum: manubrium and body in the anterior midline, between the first and seventh costal cartilages.
+    sternum_top = a.rib_top_z - a.rib_drop - 5.0
+    sternum_bottom = a.rib_top_z - 7 * a.vertebra_pitch - a.rib_drop
+    sternum_half_width = np.where(grid.z[:, 0, 0] > sternum_top - 45.0, 24.0, 14.0).astype(np.float32)[:, None, None]
+    sternum = (
+        (np.abs(xx)[None] <= sternum_half_width)
+        & (yy[None] < 0)
+        & (np.abs(outside_cage - offset) <= 6.0)
+        & (z <= sternum_top)
+        & (z >= sternum_bottom)
+    )
+
+    # --- Shoulder girdle: scapulae on the posterolateral wall (triangular, narrowing downwards), clavicles
+    # from the manubrium out to the shoulders.
+    low, high = a.scapula_z
+    reach = 0.12 + 0.2 * np.clip((grid.z[:, 0, 0] - low) / (high - low), 0.0, 1.0)
+    plate = (under_skin >= a.fat + 6.0) & (under_skin <= a.fat + 6.0 + max(5.0, voxel)) & (around >= 0.1)
+    scapula = plate[None] & (around[None] <= reach.astype(np.float32)[:, None, None]) & (z >= low) & (z <= high)
+    clavicles = np.zeros(shape, dtype=bool)
+    for side in (-1.0, 1.0):
+        points, point_r = _spline_points(
+            [
+                (sternum_top + 5.0, cy - 0.95 * a.cage_b, side * 22.0),
+                (sternum_top + 22.0, cy - 0.8 * a.cage_b, side * 0.55 * half_width),
+                (sternum_top + 28.0, cy - 0.2 * a.cage_b, side * 0.9 * half_width),
+            ],
+            [a.clavicle_radius] * 3,
+            float(_ball_step(a.clavicle_radius, voxel)),
+        )
+        clavicles |= _splat_balls(grid, points, point_r)
+
+    # --- Bone: cortical shell (~1.5 mm, at least one voxel) around cancellous bone.
+    bone = spine_bone | rib_bone | sternum | (scapula & body[None]) | (clavicles & body[None])
+    erosions = max(1, int(round(1.5 / float(grid.spacing.min()))))
+    core = ndimage.binary_erosion(bone, iterations=erosions, border_value=1)
+    labels[bone] = L["cortical"]
+    labels[core] = L["cancellous"]
+
+    # --- Airways: trachea, main bronchi (the right one steeper and shorter) and a branching bronchial tree.
+    min_radius = max(0.7, 0.5 * float(grid.spacing.min()))
+    trachea_y = cy + body_y - ry - a.trachea_radius - 10.0
+    carina = np.array([a.carina_z, trachea_y, 0.0])
+    in_lung = functools.partial(grid.lookup, lung)
+    bronchus_directions = np.array([[-math.cos(0.45), 0.05, -math.sin(0.45)], [-math.cos(0.8), 0.1, math.sin(0.8)]])
+    airway_starts, airway_ends, airway_r = _grow_tree(
+        streams["airways"],
+        np.stack([carina, carina]),
+        bronchus_directions,
+        np.array([0.75, 0.68]) * a.trachea_radius,
+        in_lung,
+        min_radius,
+        length_per_radius=(3.0, 5.0),
+        free_generations=2,  # the main bronchi start in the mediastinum
+    )
+    trachea_top = np.array([FIELD_OF_VIEW_MM, trachea_y - 8.0, 0.0])  # the trachea runs posteriorly as it descends
+    airway_starts = np.concatenate([[trachea_top], airway_starts])
+    airway_ends = np.concatenate([[carina], airway_ends])
+    airway_r = np.concatenate([[a.trachea_radius], airway_r])
+    points, point_r = _sample_segments(airway_starts, airway_ends, airway_r, voxel)
+    lumen = _splat_balls(grid, points, point_r)
+    wall = _splat_balls(grid, points, point_r * 1.2 + 0.6) & ~lumen
+    airway_region = np.isin(labels, [L["lung"], L["soft_tissue"], L["fat"]])
+    labels[wall & (labels == L["lung"])] = L["soft_tissue"]
+    labels[lumen & airway_region] = L["airway"]
+
+    # --- Pulmonary vessels: arterial trees from each hilum and venous trees from near the left atrium, each
+    # root aimed at a random point of its lung so that the branches fill the whole lung.
+    vessel_rng = streams["vessels"]
+    roots, targets = [], []
+    for side in (-1.0, 1.0):
+        hilum = np.array([a.carina_z - 15.0, cy - 0.05 * a.cage_b, side * (a.mediastinum_half_width + 12.0)])
+        atrium = np.array([hz + 10.0, cy + hy + 0.5 * a.heart_axes[1], side * 25.0 + hx * 0.3])
+        for origin, count in ((hilum, 7), (atrium, 5)):
+            aims = _points_in_lung(grid, a, lung, vessel_rng, count, side)
+            roots += [origin] * len(aims)
+            targets += list(aims)
+    roots_array = np.asarray(roots).reshape(-1, 3)
+    radii = vessel_rng.uniform(4.0, 6.5, size=len(roots_array))
+    vessel_starts, vessel_ends, vessel_r = _grow_tree(
+        vessel_rng, roots_array, np.asarray(targets).reshape(-1, 3) - roots_array, radii, in_lung, min_radius,
+        length_per_radius=(2.5, 4.5), free_generations=1,
+    )
+    points, point_r = _sample_segments(vessel_starts, vessel_ends, vessel_r, voxel)
+    vessels = _splat_balls(grid, points, point_r)
+    labels[vessels & (labels == L["lung"])] = L["vessel"]
+
+    # --- Nodules: 0-4 solid, lobulated nodules of 3-30 mm anywhere in the lungs (juxtapleural ones included).
+    if with_nodules:
+        _draw_nodules(grid, a, labels, streams["nodules"])
+    return labels
+
+
+def _points_in_lung(grid: _Grid, a: ChestAnatomy, lung: np.ndarray, rng: np.random.Generator, count: int, side: float = 0.0) -> np.ndarray:
+    """Up to ``count`` random points (mm) inside the lung (one side: -1 right, +1 left, 0 either).
+
+    Candidates are drawn in millimetres in the thorax box and kept when inside, so they hardly depend on the size.
+    """
+    cy = _body_center_y(a)
+    low = np.array([a.dome_left_z - a.dome_depth, cy - a.cage_b, -a.cage_a])
+    high = np.array([a.apex_z, cy + a.cage_b, a.cage_a])
+    if side:
+        low[2], high[2] = (0.0, a.cage_a) if side > 0 else (-a.cage_a, 0.0)
+    candidates = rng.uniform(low, high, size=(64 * count, 3))
+    return candidates[grid.lookup(lung, candidates)][:count]
+
+
+def _draw_nodules(grid: _Grid, a: ChestAnatomy, labels: np.ndarray, rng: np.random.Generator) -> None:
+    count = min(int(rng.poisson(1.2)), 4)
+    lung = labels == L["lung"]
+    for _ in range(count):
+        diameter = math.exp(rng.uniform(math.log(3.0), math.log(30.0)))
+        centers = _points_in_lung(grid, a, lung, rng, 1)
+        if len(centers) == 0:
+            continue
+        center = centers[0]
+        # Lobulation: the union of a main ball and a few smaller, offset ones.
+        lobes = 1 + int(rng.integers(0, 4))
+        offsets = rng.normal(size=(lobes, 3))
+        offsets = offsets / np.linalg.norm(offsets, axis=1, keepdims=True) * rng.uniform(0.0, 0.35, size=(lobes, 1)) * diameter / 2
+        offsets[0] = 0.0
+        radii = diameter / 2 * np.concatenate([[1.0], rng.uniform(0.5, 0.8, size=lobes - 1)])
+        nodule = _splat_balls(grid, center + offsets, radii)
+        labels[nodule & np.isin(labels, [L["lung"], L["vessel"]])] = L["nodule"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Dataset on disk
+# ----------------------------------------------------------------------------------------------------------
+
+
+def phantom_file_name(seed: int) -> str:
+    return f"phantom_{seed:05d}.nii.gz"
+
+
+def _write_one(task: tuple[str, int, int, float | None, bool]) -> bool:
+    """Generate and write one phantom; False when it already existed (and overwrite is off)."""
+    from prdit.io import save_nifti
+
+    path, size, seed, spacing_mm, overwrite = task
+    if not overwrite and Path(path).exists():
+        return False
+    volume, spacing = generate_phantom(size, seed, spacing_mm)
+    save_nifti(path, volume, spacing, dtype=np.int16, overwrite=overwrite)
+    return True
+
+
+def write_phantom_dataset(
+    out_dir: str | os.PathLike,
+    num: int,
+    size: int,
+    seed: int = 0,
+    spacing_mm: float | None = None,
+    workers: int = 1,
+    val_fraction: float = 0.1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Write ``num`` phantoms ``phantom_{seed+i:05d}.nii.gz`` (int16 HU, real affine) plus ``train.txt``/``val.txt``.
+
+    The validation list holds the last ``max(1, round(num * val_fraction))`` volumes when ``num >= 2``.
+    Existing volumes are kept (idempotent reruns) unless ``overwrite``. Returns a summary with the number
+    ``written`` and ``skipped`` and the ``train`` / ``val`` paths.
+    """
+    from tqdm import tqdm
+
+    from prdit.io import atomic_write_text
+
+    _validate(size, seed, spacing_mm)
+    if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:
+        raise PrditError(f"number of phantoms {num!r} must be a positive integer")
+    if not 0.0 <= val_fraction < 1.0:
+        raise PrditError(f"val_fraction {val_fraction!r} must be in [0, 1)")
+    if not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise PrditError(f"workers {workers!r} must be a positive integer")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seeds = [seed + i for i in range(num)]
+    paths = [out_dir / phantom_file_name(s) for s in seeds]
+    tasks = [(str(p), int(size), s, spacing_mm, overwrite) for p, s in zip(paths, seeds)]
+    bar = tqdm(total=num, desc="phantoms", unit="vol", disable=not progress)
+    written = 0
+    if workers == 1 or num == 1:
+        for task in tasks:
+            written += _write_one(task)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=min(workers, num)) as pool:
+            for done in pool.map(_write_one, tasks):
+                written += done
+                bar.update()
+    bar.close()
+    val_count = max(1, round(num * val_fraction)) if num >= 2 else 0
+    train, val = paths[: num - val_count], paths[num - val_count :]
+    atomic_write_text(out_dir / "train.txt", "".join(f"{p.name}\n" for p in train))
+    atomic_write_text(out_dir / "val.txt", "".join(f"{p.name}\n" for p in val))
+    return {"written": written, "skipped": num - written, "train": train, "val": val}

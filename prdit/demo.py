@@ -49,7 +49,7 @@ class DemoPlan:
 
 PLANS = {
     "default": DemoPlan(stage1_steps=600, stage2_steps=500, num_volumes=8, num_demo_volumes=4, phantoms=200),
-    "quick": DemoPlan(stage1_steps=40, stage2_steps=30, num_volumes=2, num_demo_volumes=1, phantoms=24),
+    "quick": DemoPlan(stage1_steps=40, stage2_steps=30, num_volumes=2, num_demo_volumes=2, phantoms=24),
 }
 
 

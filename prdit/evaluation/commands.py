@@ -1,0 +1,308 @@
+"""``prdit evaluate fid|mmd|msssim|wgan|offline`` and the seed-compatible ``evaluations/*.py`` scripts.
+
+Each command prints its headline number, then the full result with its protocol as JSON (``--out`` also writes
+it atomically). The flag names follow the original scripts (``--data_root_real``, ``--img_size``, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from prdit.errors import PrditError
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared arguments and helpers
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser, fake_flags: tuple[str, ...] = ("--data_root_fake",), real_required: bool = True) -> None:
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_root_real", required=real_required,
+                      help="real volumes: folder (NIfTI/.npy/.npz, recursive), list file, or one .npy/.npz stack [N, D, H, W]")
+    for flag in fake_flags:
+        data.add_argument(flag, required=flag != "--data_root_fake_1", help="generated volumes, same formats as --data_root_real")
+    data.add_argument("--space", choices=["hu", "model"], default="hu",
+                      help="intensities of the files: Hounsfield units or model space [-1, 1] (default hu)")
+    data.add_argument("--img_size", type=int, default=None, help="compare at S^3 voxels (default: the volumes' own shape)")
+    data.add_argument("--resize", choices=["error", "trilinear"], default="error",
+                      help="volumes that are not S^3: stop with an error (default) or resample trilinearly")
+    data.add_argument("--limit", type=int, default=None, help="use only the first N volumes of each set")
+    data.add_argument("--dataset", default=None, help="dataset name, recorded in the protocol (e.g. LIDC-IDRI)")
+
+
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", default=None, help="also write the JSON result to this file")
+    output.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    output.add_argument("--no-progress", "--no_progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    from prdit.evaluation.data import DEFAULT_CACHE_DIR
+
+    features = parser.add_argument_group("feature network")
+    features.add_argument("--pretrain_path", default=None,
+                          help="MedicalNet resnet_50_23dataset.pth or resnet_50.pth; without it a fixed-seed random network "
+                               "is used and every output says so (not comparable to published numbers)")
+    features.add_argument("--normalization", choices=["none", "zscore"], default="none",
+                          help="per-volume input normalisation: none (model space [-1, 1]) or MedicalNet-style z-score")
+    features.add_argument("--batch_size", type=int, default=4, help="volumes per forward pass (default 4)")
+    features.add_argument("--gpu_id", type=int, default=0, help="CUDA device index, -1 for CPU (default 0; CPU when no GPU)")
+    features.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", default=str(DEFAULT_CACHE_DIR),
+                          help=f"real-set feature cache (default {DEFAULT_CACHE_DIR})")
+    features.add_argument("--no_cache", "--no-cache", dest="cache", action="store_false", help="do not read or write the cache")
+
+
+def _device(gpu_id: int) -> str:
+    import torch
+
+    if gpu_id >= 0 and torch.cuda.is_available():
+        return f"cuda:{gpu_id}"
+    if gpu_id >= 0:
+        print("note: no CUDA device, running on CPU", file=sys.stderr)
+    return "cpu"
+
+
+def _load(args: argparse.Namespace, flag: str, name: str):
+    from prdit.evaluation.data import load_volume_set
+
+    return load_volume_set(getattr(args, flag), space=args.space, size=args.img_size, resize=args.resize, limit=args.limit, name=name)
+
+
+def _output_path(args: argparse.Namespace, default: Path | None = None) -> Path | None:
+    """The JSON output file, checked before any work so that an existing result is never computed for nothing."""
+    out = Path(args.out) if args.out else default
+    if out is not None and out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it (or --out another file)")
+    return out
+
+
+def _emit(headline: str, result: dict, out: Path | None, overwrite: bool) -> None:
+    """Print the headline and the JSON result; write it to ``out`` atomically."""
+    from prdit.io import atomic_write_text
+
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    print(headline)
+    print(text)
+    if out:
+        atomic_write_text(out, text + "\n", overwrite=overwrite)
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def _extractor(args: argparse.Namespace):
+    from prdit.evaluation.medicalnet import MedicalNetFeatures
+
+    extractor = MedicalNetFeatures(args.pretrain_path, normalization=args.normalization)
+    if extractor.weights_sha256:
+        print(f"MedicalNet weights {args.pretrain_path} sha256 {extractor.weights_sha256}", file=sys.stderr)
+    else:
+        print(f"warning: no --pretrain_path: {extractor.weights}", file=sys.stderr)
+    return extractor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fid / mmd
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _feature_comparison(args: argparse.Namespace) -> dict:
+    from prdit.evaluation import compare_features
+
+    real, fake = _load(args, "data_root_real", "real"), _load(args, "data_root_fake", "fake")
+    extractor = _extractor(args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # printed once below, as one line
+        result = compare_features(real, fake, extractor, args.space, args.resize, args.batch_size, _device(args.gpu_id),
+                                  args.progress, Path(args.cache_dir) if args.cache else None)
+    for note in result["protocol"]["warnings"]:
+        print(f"warning: {note}", file=sys.stderr)
+    result["protocol"]["dataset"] = args.dataset
+    return result
+
+
+def _run_fid(args: argparse.Namespace) -> None:
+    out = _output_path(args)
+    result = _feature_comparison(args)
+    protocol = result["protocol"]
+    _emit(f"FID: {result['fid']:.6g}  ({protocol['n_real']} real, {protocol['n_fake']} fake; weights: {protocol['weights']})",
+          {"fid": result["fid"], "protocol": protocol}, out, args.overwrite)
+
+
+def _run_mmd(args: argparse.Namespace) -> None:
+    out = _output_path(args)
+    result = _feature_comparison(args)
+    protocol = result["protocol"]
+    keys = ("mmd", "mmd2_rbf_biased", "mmd2_rbf_unbiased", "mmd2_linear_biased", "mmd2_linear_unbiased")
+    _emit(f"MMD: {result['mmd']:.6g}  (paper protocol; {protocol['n_real']} real, {protocol['n_fake']} fake; weights: {protocol['weights']})",
+          {**{k: result[k] for k in keys}, "protocol": protocol}, out, args.overwrite)
+
+
+def _add_feature_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser)
+    _add_feature_arguments(parser)
+    _add_output_arguments(parser)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# msssim / offline
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_msssim_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser, real_required=False)
+    parser.add_argument("--max_pairs", type=int, default=100, help="at most this many random unordered pairs per set (default 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the pair subset (default 0)")
+    _add_output_arguments(parser)
+
+
+def _run_msssim(args: argparse.Namespace) -> None:
+    from prdit.evaluation.metrics import ms_ssim_diversity
+
+    out = _output_path(args)
+    fake = _load(args, "data_root_fake", "fake")
+    result = {"fake": ms_ssim_diversity(fake.model_space(), max_pairs=args.max_pairs, seed=args.seed)}
+    if args.data_root_real:
+        real = _load(args, "data_root_real", "real")
+        result["real"] = ms_ssim_diversity(real.model_space(), max_pairs=args.max_pairs, seed=args.seed)
+    result["protocol"] = {"n_fake": len(fake), "fake_source": fake.source, "n_real": len(real) if args.data_root_real else None,
+                          "image_size": list(fake.shape), "resize": args.resize, "dataset": args.dataset,
+                          "input_space": args.space, "meaning": "mean MS-SSIM between generated volumes; lower = more diverse"}
+    reference = f" (real: {result['real']['mean']:.4f})" if "real" in result else ""
+    _emit(f"MS-SSIM diversity: {result['fake']['mean']:.4f}{reference} over {result['fake']['pairs']} unordered pairs", result, out, args.overwrite)
+
+
+def _add_offline_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser)
+    _add_output_arguments(parser)
+
+
+def _run_offline(args: argparse.Namespace) -> None:
+    from prdit.evaluation import base_protocol
+    from prdit.evaluation.data import check_same_shape
+    from prdit.evaluation.offline import offline_metrics
+
+    out = _output_path(args)
+    real, fake = _load(args, "data_root_real", "real"), _load(args, "data_root_fake", "fake")
+    check_same_shape(real, fake)
+    result = offline_metrics(real.volumes, fake.volumes)
+    result["protocol"] = {**base_protocol(real, fake, args.space, args.resize), "dataset": args.dataset}
+    _emit(f"HU histogram W1: {result['hu_histogram']['wasserstein_hu']:.4g} HU, power spectrum log10 distance: "
+          f"{result['power_spectrum']['log10_distance']:.4g} (high frequency {result['power_spectrum']['high_frequency_log10_distance']:.4g})",
+          result, out, args.overwrite)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# wgan
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_wgan_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser, fake_flags=("--data_root_fake_0", "--data_root_fake_1"))
+    critic = parser.add_argument_group("critic")
+    critic.add_argument("--save_path", required=True, help="folder of the critic checkpoints (critic_fake_0.pt, critic_fake_1.pt)")
+    critic.add_argument("--eval", action="store_true", help="estimate the Wasserstein distance on the validation split")
+    critic.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches (default 0)")
+    critic.add_argument("--train_size", type=int, default=None, help="training volumes per set (default: all but --val_size)")
+    critic.add_argument("--val_size", type=int, default=None, help="validation volumes per set (default: 20%%)")
+    critic.add_argument("--steps", type=int, default=2000, help="critic updates (default 2000)")
+    critic.add_argument("--batch_size", type=int, default=8, help="volumes of each set per update (default 8)")
+    critic.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate, betas (0, 0.9) (default 1e-4)")
+    critic.add_argument("--width", type=int, default=16, help="channels of the first critic layer (default 16)")
+    critic.add_argument("--checkpoint_every", type=int, default=200, help="save every N steps (default 200)")
+    critic.add_argument("--gpu_id", type=int, default=0, help="CUDA device index, -1 for CPU (default 0; CPU when no GPU)")
+    _add_output_arguments(parser)
+
+
+def _run_wgan(args: argparse.Namespace) -> None:
+    from prdit.errors import CheckpointError, DataError
+    from prdit.evaluation import base_protocol
+    from prdit.evaluation.critic import CriticConfig, load_critic, split_indices, train_critic, wasserstein_estimate
+    from prdit.evaluation.data import check_same_shape
+
+    save_path = Path(args.save_path)
+    out = _output_path(args, save_path / "wgan_eval.json") if args.eval else None
+    device = _device(args.gpu_id)
+    real = _load(args, "data_root_real", "real")
+    fakes = {name: _load(args, f"data_root_{name}", name) for name in ("fake_0", "fake_1") if getattr(args, f"data_root_{name}")}
+    size = real.shape[0]
+    if len(set(real.shape)) != 1 or size < 8 or size & (size - 1):
+        raise DataError(f"the critic needs cubic volumes of a power-of-two side >= 8, got {real.shape}; pass --img_size S --resize trilinear")
+    config = CriticConfig(image_size=size, steps=args.steps, batch_size=args.batch_size, lr=args.lr, width=args.width, seed=args.seed)
+    real_train, real_val = split_indices(len(real), args.train_size, args.val_size, args.seed, "real")
+    real_model = real.model_space()
+    results: dict = {}
+    for name, fake in fakes.items():
+        check_same_shape(real, fake)
+        fake_train, fake_val = split_indices(len(fake), args.train_size, args.val_size, args.seed, name)
+        checkpoint = save_path / f"critic_{name}.pt"
+        meta = {"real_source": real.source, "fake_source": fake.source, "seed": args.seed,
+                "train_size": [len(real_train), len(fake_train)], "val_size": [len(real_val), len(fake_val)]}
+        fake_model = fake.model_space()
+        if not args.eval:
+            train_critic(real_model[real_train], fake_model[fake_train], config, checkpoint, device,
+                         args.checkpoint_every, args.progress, f"critic real vs {name}", meta)
+            print(f"{name}: critic trained for {config.steps} steps -> {checkpoint}")
+            continue
+        critic, state = load_critic(checkpoint, device)
+        if state["meta"] != meta:
+            raise CheckpointError(f"{checkpoint}: trained on {state['meta']}, but this evaluation uses {meta}; use the training flags")
+        results[name] = {
+            "wasserstein": wasserstein_estimate(critic, real_model[real_val], fake_model[fake_val], args.batch_size, device),
+            "fake_source": fake.source, "n_fake": len(fake),
+            "n_val_real": len(real_val), "n_val_fake": len(fake_val), "checkpoint": str(checkpoint), "critic": state["config"],
+        }
+    if not args.eval:
+        return
+    protocol = {**base_protocol(real, next(iter(fakes.values())), args.space, args.resize), "dataset": args.dataset,
+                "estimate": "mean critic(real) - mean critic(fake) on the validation split, WGAN-GP critic (lambda 10), "
+                            "identical budget for every fake set"}
+    for per_fake_key in ("fake_source", "n_fake"):  # reported per fake set below
+        del protocol[per_fake_key]
+    headline = ", ".join(f"W(real, {name}) = {value['wasserstein']:.5g}" for name, value in results.items())
+    _emit(headline, {"wasserstein": results, "protocol": protocol}, out, args.overwrite)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Wiring
+# ----------------------------------------------------------------------------------------------------------
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
+    "fid": ("3D FID on MedicalNet ResNet-50 features", _add_feature_metric_arguments, _run_fid),
+    "mmd": ("MMD on MedicalNet features (paper protocol, unbiased, linear)", _add_feature_metric_arguments, _run_mmd),
+    "msssim": ("3D MS-SSIM diversity of generated volumes", _add_msssim_arguments, _run_msssim),
+    "wgan": ("train WGAN-GP critics (real vs fake_0, fake_1) or --eval their Wasserstein estimate", _add_wgan_arguments, _run_wgan),
+    "offline": ("weightless metrics: HU histogram, tissue fractions, radial power spectrum", _add_offline_arguments, _run_offline),
+}
+
+
+def add_evaluate_subcommands(subparsers) -> None:
+    """Add ``evaluate`` with its sub-subcommands to the ``prdit`` command's subparsers."""
+    parser = subparsers.add_parser("evaluate", help="evaluate generated volumes against real ones",
+                                   description="FID, MMD, MS-SSIM, WGAN-GP Wasserstein critic and weightless metrics, each with its protocol.")
+    commands = parser.add_subparsers(dest="evaluate_command", metavar="METRIC", required=True)
+    for name, (summary, add_arguments, run) in COMMANDS.items():
+        command = commands.add_parser(name, help=summary, description=summary)
+        add_arguments(command)
+        command.set_defaults(func=run)
+
+
+def script_main(name: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``evaluations/<name>.py``: the ``prdit evaluate <name>`` command as a standalone script."""
+    summary, add_arguments, run = COMMANDS[name]
+    parser = argparse.ArgumentParser(description=summary)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        run(args)
+    except (PrditError, FileExistsError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0

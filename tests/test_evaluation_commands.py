@@ -1,0 +1,115 @@
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+from prdit.evaluation import evaluate_sets
+from prdit.evaluation.commands import add_evaluate_subcommands, script_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Single-threaded: these small convolutions gain little from threads, and OpenMP spin-waiting makes them
+    several times slower when other processes share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _hu_set(rng, n, shift=0.0, side=16):
+    return [(gaussian_filter(rng.normal(size=(side,) * 3), 1.0) * 400 - 300 + shift).astype(np.float32) for _ in range(n)]
+
+
+@pytest.fixture
+def folders(tmp_path, rng):
+    for name, shift in (("real", 0.0), ("fake0", 0.0), ("fake1", 400.0)):
+        (tmp_path / name).mkdir()
+        for index, volume in enumerate(_hu_set(rng, 6, shift)):
+            np.save(tmp_path / name / f"v{index}.npy", volume)
+    return tmp_path
+
+
+def _run(argv):
+    parser = argparse.ArgumentParser(prog="prdit")
+    add_evaluate_subcommands(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+def test_evaluate_sets_reports_every_metric_with_its_protocol(rng, tmp_path):
+    real, matched, shifted = _hu_set(rng, 6), _hu_set(rng, 6), _hu_set(rng, 6, shift=400.0)
+    with pytest.warns(UserWarning, match="below the feature dimension"):
+        same = evaluate_sets(real, real, cache_dir=tmp_path)
+        near = evaluate_sets(real, matched, cache_dir=tmp_path)
+        far = evaluate_sets(real, shifted, cache_dir=tmp_path, spacing=(2.0, 1.0, 1.0))
+    assert same["fid"] == pytest.approx(0.0, abs=1e-6) and same["mmd"] == pytest.approx(0.0, abs=1e-6)
+    assert far["fid"] > near["fid"] > 0 and far["mmd"] > near["mmd"]
+    assert far["offline"]["hu_histogram"]["wasserstein_hu"] > 300
+    assert 0 < far["ms_ssim"]["fake"]["mean"] < 1 and far["ms_ssim"]["real"]["pairs"] == 15
+    protocol = json.loads(json.dumps(far))["protocol"]  # JSON-serialisable
+    assert protocol["n_real"] == 6 and protocol["n_fake"] == 6 and protocol["image_size"] == [16, 16, 16]
+    assert "random-init fallback" in protocol["weights"] and protocol["weights_sha256"] is None
+    assert protocol["mmd_gamma"] > 0 and protocol["spacing_mm"] == [2.0, 1.0, 1.0]
+    assert protocol["real_feature_cache"] == "off"  # in-memory arrays have no file fingerprint
+
+
+def test_fid_command_prints_writes_json_caches_and_never_overwrites(folders, capsys):
+    out = folders / "fid.json"
+    argv = ["evaluate", "fid", "--data_root_real", str(folders / "real"), "--data_root_fake", str(folders / "fake1"),
+            "--cache_dir", str(folders / "cache"), "--gpu_id", "-1", "--dataset", "phantom", "--no-progress", "--out", str(out)]
+    _run(argv)
+    printed = capsys.readouterr()
+    assert printed.out.startswith("FID: ") and "random-init fallback" in printed.err
+    first = json.loads(out.read_text())
+    assert first["protocol"]["real_feature_cache"] == "miss" and first["protocol"]["dataset"] == "phantom"
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        _run(argv)
+    _run(argv + ["--overwrite"])
+    second = json.loads(out.read_text())
+    assert second["protocol"]["real_feature_cache"] == "hit" and second["fid"] == pytest.approx(first["fid"], rel=1e-6)
+
+
+def test_mmd_msssim_and_offline_commands(folders, capsys):
+    data = ["--data_root_real", str(folders / "real"), "--data_root_fake", str(folders / "fake0")]
+    _run(["evaluate", "mmd", *data, "--no_cache", "--gpu_id", "-1", "--no-progress"])
+    _run(["evaluate", "msssim", *data, "--max_pairs", "5"])
+    _run(["evaluate", "offline", *data])
+    printed = capsys.readouterr().out
+    assert "MMD: " in printed and "MS-SSIM diversity: " in printed and "HU histogram W1: " in printed
+    assert '"mmd2_rbf_unbiased"' in printed and '"pairs": 5' in printed
+
+
+def test_wgan_trains_both_critics_then_evaluates(folders, capsys):
+    argv = ["--seed", "0", "--save_path", str(folders / "critics"), "--batch_size", "4", "--img_size", "16", "--gpu_id", "-1",
+            "--data_root_real", str(folders / "real"), "--data_root_fake_0", str(folders / "fake0"),
+            "--data_root_fake_1", str(folders / "fake1"), "--train_size", "4", "--val_size", "2", "--steps", "6", "--no-progress"]
+    assert script_main("wgan", argv) == 0
+    assert (folders / "critics" / "critic_fake_0.pt").is_file() and (folders / "critics" / "critic_fake_1.pt").is_file()
+    assert script_main("wgan", argv + ["--eval"]) == 0
+    result = json.loads((folders / "critics" / "wgan_eval.json").read_text())
+    assert set(result["wasserstein"]) == {"fake_0", "fake_1"} and result["wasserstein"]["fake_1"]["n_val_fake"] == 2
+    capsys.readouterr()
+    assert script_main("wgan", [*argv[:-1], "--eval", "--overwrite", "--seed", "1"]) == 2  # another split than trained on
+    assert "trained on" in capsys.readouterr().err
+
+
+def test_scripts_report_user_errors_in_one_line(tmp_path, capsys):
+    assert script_main("fid", ["--data_root_real", str(tmp_path / "nope"), "--data_root_fake", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "no such file" in error[0]
+
+
+def test_seed_compatible_script_runs_as_a_file():
+    completed = subprocess.run([sys.executable, str(REPO / "evaluations" / "wgan_gp.py"), "--help"], capture_output=True, text=True, check=True)
+    for flag in ("--seed", "--save_path", "--batch_size", "--img_size", "--gpu_id", "--dataset", "--data_root_real",
+                 "--data_root_fake_0", "--data_root_fake_1", "--train_size", "--val_size", "--eval"):
+        assert flag in completed.stdout

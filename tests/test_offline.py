@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+
+from prdit.evaluation.offline import (
+    hu_histogram_distance,
+    offline_metrics,
+    power_spectrum_distance,
+    radial_power_spectrum,
+    tissue_fractions,
+)
+
+
+def test_histogram_distance_is_zero_for_a_set_with_itself_and_equals_a_hu_shift(rng):
+    real = rng.uniform(-800, 800, size=(3, 16, 16, 16)).astype(np.float32)
+    assert hu_histogram_distance(real, real)["wasserstein_hu"] == pytest.approx(0.0, abs=1e-9)
+    assert hu_histogram_distance(real, real)["jensen_shannon_bits"] == pytest.approx(0.0, abs=1e-9)
+    # a shift by a whole number of 10 HU bins moves every bin by exactly that many HU
+    assert hu_histogram_distance(real, real + 50.0)["wasserstein_hu"] == pytest.approx(50.0, abs=1e-6)
+
+
+def test_tissue_fractions_of_a_volume_with_known_composition():
+    volume = np.empty((4, 8, 8), dtype=np.float32)
+    volume[0], volume[1], volume[2], volume[3] = -700.0, -100.0, 40.0, 1000.0  # lung, fat, soft tissue, bone
+    fractions = tissue_fractions(volume[None])
+    for tissue in ("lung", "fat", "soft_tissue", "bone"):
+        assert fractions[tissue][0] == pytest.approx(0.25)
+    boundary = np.full((1, 4, 4, 4), -500.0, dtype=np.float32)  # ranges are half-open: -500 HU is not lung
+    assert tissue_fractions(boundary)["lung"][0] == 0.0
+
+
+def test_radial_power_spectrum_peaks_at_the_frequency_of_a_cosine():
+    x = np.arange(32)
+    volume = np.broadcast_to(np.cos(2 * np.pi * 0.25 * x), (32, 32, 32))
+    spectrum, centres = radial_power_spectrum(volume)
+    assert abs(centres[np.nanargmax(spectrum)] - 0.25) <= 0.5 / len(centres)
+
+
+def test_power_spectrum_distance_of_a_tenfold_amplitude_is_two_decades(rng):
+    real = rng.normal(size=(3, 16, 16, 16))
+    result = power_spectrum_distance(real, 10 * real)
+    assert result["log10_distance"] == pytest.approx(2.0, abs=1e-9)
+    assert result["high_frequency_log10_distance"] == pytest.approx(2.0, abs=1e-9)
+
+
+def test_smoothing_is_a_high_frequency_loss(rng):
+    real = rng.normal(size=(3, 16, 16, 16)) * 100
+    smooth = np.stack([gaussian_filter(v, 1.0) for v in real])
+    other_noise = rng.normal(size=(3, 16, 16, 16)) * 100
+    blurred, matched = power_spectrum_distance(real, smooth), power_spectrum_distance(real, other_noise)
+    assert blurred["high_frequency_log10_distance"] > blurred["log10_distance"] > 10 * matched["log10_distance"]
+
+
+def test_offline_metrics_reports_every_part_and_checks_shapes(rng):
+    real = rng.normal(size=(2, 16, 16, 16)) * 300
+    report = offline_metrics(real, real)
+    assert set(report) == {"hu_histogram", "tissue_fractions", "power_spectrum"}
+    assert all(entry["abs_difference"] == 0.0 for entry in report["tissue_fractions"].values())
+    with pytest.raises(ValueError, match="shapes differ"):
+        offline_metrics(real, real[:, :8])

@@ -12,3 +12,13 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Single-threaded: small convolutions gain little from threads, and OpenMP spin-waiting makes them several
+    times slower when other processes share the CPU (modules opt in with ``pytestmark``)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,14 +16,7 @@ from prdit.evaluation.critic import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded: these small convolutions gain little from threads, and OpenMP spin-waiting makes them
-    several times slower when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _textures(rng, n, shift=0.0):

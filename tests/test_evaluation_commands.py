@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy.ndimage import gaussian_filter
 
 from prdit.evaluation import evaluate_sets
@@ -15,14 +14,7 @@ from prdit.evaluation.commands import add_evaluate_subcommands, script_main
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Single-threaded: these small convolutions gain little from threads, and OpenMP spin-waiting makes them
-    several times slower when other processes share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hu_set(rng, n, shift=0.0, side=16):

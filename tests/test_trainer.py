@@ -134,3 +134,14 @@ def test_two_ddp_processes_equal_one_process_with_accumulation(blob_data, tmp_pa
     assert_same_weights(a["model"], b["model"], atol=1e-5)
     losses = lambda run: [r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r]  # noqa: E731
     np.testing.assert_allclose(losses(single), losses(two), rtol=1e-5)
+
+
+def test_debug_config_is_tiny_and_keeps_phantoms_apart(tmp_path):
+    from prdit.config import load_config
+    from prdit.train.trainer import debug_config
+
+    config = load_config(ROOT / "configs" / "phantom" / "local.yaml")
+    debug = debug_config(config)
+    assert debug.training.total_steps <= 8 and debug.data.phantom.num <= 8
+    assert debug.data.root == config.data.root + "-debug"
+    assert debug.output.results_dir.endswith("debug") and debug.model.name == config.model.name

@@ -159,8 +159,7 @@ def _run_train(args: argparse.Namespace) -> None:
     stage2 = load_config(stage2_path, args.overrides)
     stage1_dir = train(config, options)
     print(f"stage 1 done: {stage1_dir}")
-    stage2 = stage2.model_copy(update={"model": stage2.model.model_copy(update={"pretrained_path": str(stage1_dir)})})
-    print(f"stage 2 done: {train(stage2, TrainOptions(debug=args.debug, progress=args.progress))}")
+    print(f"stage 2 done: {train(stage2.with_pretrained(stage1_dir), TrainOptions(debug=args.debug, progress=args.progress))}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -217,8 +216,8 @@ def _pick(args: argparse.Namespace, name: str, alias: str, default: int) -> int:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from prdit.sample import load_pipeline, sample_to_folder
-    from prdit.train.distributed import setup_distributed, teardown_distributed
+    from prdit.sample import load_pipeline, sample_to_folder, write_grid
+    from prdit.train.distributed import barrier, setup_distributed, teardown_distributed
 
     if args.ckpt is None:
         if args.config is None:
@@ -246,9 +245,13 @@ def _run_sample(args: argparse.Namespace) -> None:
         written = sample_to_folder(
             pipeline, out_dir, num_volumes, batch_size=batch_size, seed=args.seed, sampler=sampler, steps=args.steps,
             overwrite=args.overwrite, rank=info.rank, world_size=info.world_size, progress=args.progress and info.is_main,
-            save_raw=args.save_raw, save_x0=args.save_x0,
+            save_raw=args.save_raw, save_x0=args.save_x0, grid=not info.enabled,
         )
         print(f"wrote {len(written)} volume(s) to {out_dir}" + (f" (rank {info.rank})" if info.enabled else ""))
+        if info.enabled:  # the grid shows every rank's volumes, so it waits for all of them
+            barrier(info)
+            if info.is_main:
+                write_grid(out_dir, pipeline.spacing)
     finally:
         teardown_distributed()
 

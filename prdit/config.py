@@ -140,6 +140,10 @@ class Config(Section):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
+    def with_pretrained(self, path: str | os.PathLike) -> "Config":
+        """This config initialised from ``path`` (a stage-1 run folder, checkpoint or run pattern)."""
+        return self.model_copy(update={"model": self.model.model_copy(update={"pretrained_path": str(path)})})
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Key checking with suggestions

@@ -27,7 +27,7 @@ import numpy as np
 
 from prdit.config import Config, load_config
 from prdit.errors import PrditError
-from prdit.io import atomic_write_text, load_volume
+from prdit.io import atomic_write_bytes, atomic_write_text, load_volume
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "phantom"
 SHIPPED_WEIGHTS = Path(__file__).parent / "assets" / "phantom-32.safetensors"
@@ -92,10 +92,7 @@ def run_demo(
 
     options = TrainOptions(progress=progress)
     stage1_run = timed("stage 1 training", train, stage1_config, options)
-    stage2_config = stage2_config.model_copy(
-        update={"model": stage2_config.model.model_copy(update={"pretrained_path": str(stage1_run)})}
-    )
-    stage2_run = timed("stage 2 training", train, stage2_config, options)
+    stage2_run = timed("stage 2 training", train, stage2_config.with_pretrained(stage1_run), options)
 
     _, val_paths = resolve_splits(stage1_config.data)
     real = [load_volume(p) for p in val_paths]
@@ -103,7 +100,7 @@ def run_demo(
     save_montage(real[0].array, out_dir / "data_phantom.png", spacing=spacing, title=f"training phantom {val_paths[0].name}")
     for stage, run in (("stage1", stage1_run), ("stage2", stage2_run)):
         if (run / "loss.png").exists():
-            (out_dir / f"{stage}_loss.png").write_bytes((run / "loss.png").read_bytes())
+            atomic_write_bytes(out_dir / f"{stage}_loss.png", (run / "loss.png").read_bytes())
 
     sample_sets = {"samples_demo_run": (stage2_run, plan.num_demo_volumes)}
     if train_full:

@@ -20,8 +20,7 @@ def run_dir(blob_data, tmp_path_factory):  # noqa: F811
     results = tmp_path_factory.mktemp("results")
     stage1 = train(make_config(blob_data, results, total_steps=6), TrainOptions(progress=False))
     config = make_config(blob_data, results, model="PRDiT-T/6/1", total_steps=6)
-    config = config.model_copy(update={"model": config.model.model_copy(update={"pretrained_path": str(stage1)})})
-    return train(config, TrainOptions(progress=False))
+    return train(config.with_pretrained(stage1), TrainOptions(progress=False))
 
 
 @pytest.fixture(scope="module")

@@ -87,8 +87,7 @@ def test_stage2_needs_stage1_and_keeps_it_frozen(blob_data, tmp_path):
         train(make_config(blob_data, tmp_path, model="PRDiT-T/6/1"), quiet())
     stage1 = load_checkpoint(train(make_config(blob_data, tmp_path, total_steps=4), quiet()))
     config = make_config(blob_data, tmp_path, model="PRDiT-T/6/1", total_steps=4)
-    config = config.model_copy(update={"model": config.model.model_copy(update={"pretrained_path": str(tmp_path / "*-PRDiT-T-6-0")})})
-    stage2 = load_checkpoint(train(config, quiet()))
+    stage2 = load_checkpoint(train(config.with_pretrained(tmp_path / "*-PRDiT-T-6-0"), quiet()))
     assert stage2["meta"]["local_frozen"]
     local = [k for k in stage1["ema"] if k.startswith(("time_embed.", "coarse_head.", "local_denoiser."))]
     assert local and all(torch.equal(stage2["model"][k], stage1["ema"][k]) for k in local)

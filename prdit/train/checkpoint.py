@@ -43,16 +43,22 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def numbered_runs(pattern: str | os.PathLike) -> list[Path]:
+    """Run folders matching a glob such as ``results/*-PRDiT-B-12-0``, oldest first by their ``NNN-`` number."""
+    pattern = Path(pattern)
+    runs = [p for p in pattern.parent.glob(pattern.name) if p.is_dir()]
+    return sorted(runs, key=lambda p: (int(m.group(1)) if (m := re.match(r"^(\d+)-", p.name)) else -1, p.name))
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file, a run folder (its latest checkpoint) or a run pattern such as ``results/*-PRDiT-B-12-0``
     (the highest-numbered matching run: stage-2 configs name their stage-1 run this way)."""
     text = str(path)
     if any(char in text for char in "*?["):
-        runs = [p for p in Path(text).parent.glob(Path(text).name) if p.is_dir()]
-        numbered = sorted(runs, key=lambda p: (int(m.group(1)) if (m := re.match(r"^(\d+)-", p.name)) else -1, p.name))
-        if not numbered:
+        runs = numbered_runs(text)
+        if not runs:
             raise CheckpointError(f"{text}: no run folder matches; train that stage first or give the checkpoint path")
-        path = numbered[-1]
+        path = runs[-1]
     path = Path(path)
     if path.is_dir():
         path = resolve_latest(path)

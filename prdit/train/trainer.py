@@ -24,7 +24,7 @@ from prdit.diffusion import create_diffusion
 from prdit.errors import ConfigError, PrditError
 from prdit.models import create_model
 from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator
-from prdit.train.checkpoint import LoadReport, load_checkpoint, load_pretrained, write_checkpoint
+from prdit.train.checkpoint import LoadReport, load_checkpoint, load_pretrained, numbered_runs, write_checkpoint
 from prdit.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, setup_distributed
 from prdit.train.ema import create_ema, ema_decay_at, update_ema
 from prdit.train.logger import RunLogger, plot_loss_curve
@@ -71,10 +71,7 @@ def new_run_dir(config: Config) -> Path:
 def latest_run_dir(config: Config, needed_by: str = "--resume_training") -> Path:
     """The most recent run of this config's name that has a checkpoint (for ``--resume_training``, sampling)."""
     root = Path(config.output.results_dir)
-    runs = sorted(
-        (p for p in root.glob(f"*-{run_name(config)}") if (p / "checkpoints" / "latest").exists()),
-        key=lambda p: int(p.name.split("-", 1)[0]),
-    ) if root.exists() else []
+    runs = [p for p in numbered_runs(root / f"*-{run_name(config)}") if (p / "checkpoints" / "latest").exists()]
     if not runs:
         raise PrditError(
             f"{needed_by}: no run of {run_name(config)} with a checkpoint under {root}/; "

@@ -27,6 +27,7 @@ import numpy as np
 
 from prdit.config import Config, load_config
 from prdit.errors import PrditError
+from prdit.evaluation.descriptions import markdown_table
 from prdit.io import atomic_write_bytes, atomic_write_text, load_volume
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "phantom"
@@ -70,7 +71,7 @@ def run_demo(
 ) -> Path:
     """Run the whole demo; returns the path of ``index.md``."""
     from prdit.data.dataset import resolve_splits
-    from prdit.evaluation import evaluate_sets
+    from prdit.evaluation import evaluate_floor, evaluate_sets
     from prdit.preview import save_montage
     from prdit.sample import load_pipeline, sample_to_folder
     from prdit.train.trainer import TrainOptions, train
@@ -110,6 +111,7 @@ def run_demo(
     else:
         print(f"[demo] {SHIPPED_WEIGHTS} is missing: sampling only the model trained now")
 
+    floor = timed("metrics real vs real", evaluate_floor, [v.array for v in real], spacing=spacing)
     metrics = {}
     for folder, (weights, count) in sample_sets.items():
         pipeline = load_pipeline(weights, device=None if device == "auto" else device)
@@ -120,8 +122,8 @@ def run_demo(
         metrics[folder]["weights"] = str(weights)
         metrics[folder]["sampler"] = {"name": pipeline.diffusion.default_sampler,
                                       "steps": pipeline.diffusion.default_steps(pipeline.diffusion.default_sampler)}
-    atomic_write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "timings_s": timings}, indent=2, default=_jsonable))
-    index = write_index(out_dir, metrics, timings, stage1_run, stage2_run, train_full)
+    atomic_write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "floor": floor, "timings_s": timings}, indent=2, default=_jsonable))
+    index = write_index(out_dir, metrics, floor, timings, stage1_run, stage2_run, train_full)
     print(f"[demo] done: open {index}")
     return index
 
@@ -134,32 +136,8 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _scalars(values: dict, prefix: str = "") -> dict[str, float]:
-    """Nested metric dicts flattened to ``{"a.b": number}`` (the protocol is shown separately)."""
-    flat: dict[str, float] = {}
-    for key, value in values.items():
-        if key == "protocol":
-            continue
-        if isinstance(value, dict):
-            flat.update(_scalars(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
-            flat[prefix + key] = float(value)
-    return flat
-
-
-def _metric_rows(metrics: dict) -> list[str]:
-    """A Markdown table: one row per scalar metric, one column per sample set."""
-    sets = list(metrics)
-    flat = {name: _scalars(values) for name, values in metrics.items()}
-    names = sorted({key for values in flat.values() for key in values})
-    rows = ["| metric | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-    for name in names:
-        cells = [f"{flat[s][name]:.4g}" if name in flat[s] else "-" for s in sets]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return rows
-
-
-def write_index(out_dir: Path, metrics: dict, timings: dict, stage1_run: Path, stage2_run: Path, train_full: bool) -> Path:
+def write_index(out_dir: Path, metrics: dict, floor: dict | None, timings: dict, stage1_run: Path, stage2_run: Path,
+                train_full: bool) -> Path:
     source = "the model trained by this run (`--train-full`)" if train_full else f"the shipped `{SHIPPED_WEIGHTS.name}`"
     lines = [
         "# PRDiT demo on phantom chest CT",
@@ -186,10 +164,7 @@ def write_index(out_dir: Path, metrics: dict, timings: dict, stage1_run: Path, s
             "![demo-run samples](samples_demo_run/samples_grid.png)",
             "",
         ]
-    protocol = next(iter(metrics.values())).get("protocol", {}) if metrics else {}
-    lines += ["## Metrics (samples vs. held-out phantoms)", *_metric_rows(metrics), ""]
-    if protocol:
-        lines += ["Protocol: `" + json.dumps(protocol, default=_jsonable) + "`", ""]
+    lines += ["## Metrics (samples vs. held-out phantoms)", *markdown_table(metrics, floor), ""]
     lines += [
         "## Timings (s)",
         *[f"- {name}: {seconds}" for name, seconds in timings.items()],

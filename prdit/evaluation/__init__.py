@@ -37,6 +37,7 @@ __all__ = [
     "MedicalNetFeatures",
     "VolumeSet",
     "compare_features",
+    "evaluate_floor",
     "evaluate_sets",
     "feature_metrics",
     "frechet_distance",
@@ -189,3 +190,16 @@ def evaluate_sets(
     # keep the protocol last in the JSON, after every number it qualifies
     results["protocol"] = results.pop("protocol")
     return results
+
+
+def evaluate_floor(real: SetSource, space: Space = "hu", img_size: int | None = None, resize: ResizePolicy = "error",
+                   **options) -> dict | None:
+    """The real-vs-real floor: :func:`evaluate_sets` between the even- and odd-numbered volumes of the real set.
+
+    A perfect generator scores about this (at N/2 volumes per side, so N-dependent metrics such as FID sit a little
+    higher than at N). ``options`` go to :func:`evaluate_sets`. None when the real set has fewer than 4 volumes.
+    """
+    volumes = load_volume_set(real, space=space, size=img_size, resize=resize, name="real").volumes
+    if len(volumes) < 4:
+        return None
+    return evaluate_sets(list(volumes[0::2]), list(volumes[1::2]), **options)

@@ -43,6 +43,7 @@ from prdit.models import create_model
 from prdit.models.global_dit import GlobalDiT
 from prdit.models.prdit import TimestepEmbedder
 from prdit.models.tokens import extract_tokens, tile_tokens, token_grid
+from prdit.runtime import autocast_for, enable_tf32
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL_KINDS = ("prdit-s1", "prdit-s2", "plain-dit", "unet")
@@ -218,13 +219,11 @@ def build_bench(kind: str, preset: Preset, input_size: int, batch: int, device: 
     # foreach AdamW: one fused update over all tensors, as a real training run would use.
     optimizer = torch.optim.AdamW(trainable, lr=lr, foreach=True)
     x0 = torch.rand((batch, 1, input_size, input_size, input_size), generator=torch.Generator().manual_seed(1))
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype]
-    device_type = torch.device(device).type
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"unknown dtype {dtype!r}; choose fp32 or bf16")
 
     def autocast() -> contextlib.AbstractContextManager:
-        if amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type, dtype=amp_dtype)
+        return autocast_for(dtype, torch.device(device))
 
     description += f"; {count_parameters(model) / 1e6:.2f} M params ({count_parameters(model, True) / 1e6:.2f} M trained)"
     return Bench(kind, model, loss, optimizer, (x0 * 2 - 1).to(device), autocast, description)
@@ -389,9 +388,8 @@ def write_json(name: str, payload: dict) -> Path:
 
 def setup_device(device: str, tf32: bool) -> None:
     """TF32 matmuls and convolutions on CUDA when asked (fp32 storage, 10-bit mantissa products)."""
+    enable_tf32(device, tf32)
     if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.benchmark = True
 
 

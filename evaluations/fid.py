@@ -6,7 +6,7 @@ python evaluations/fid.py --dataset LIDC-IDRI --img_size 128 --data_root_real RE
 
 import sys
 
-from prdit.evaluation.commands import script_main
+from prdit.cli.evaluate import script_main
 
 if __name__ == "__main__":
     sys.exit(script_main("fid"))

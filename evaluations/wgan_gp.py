@@ -8,7 +8,7 @@ evaluate: the same command with --eval (prints and writes critics/wgan_eval.json
 
 import sys
 
-from prdit.evaluation.commands import script_main
+from prdit.cli.evaluate import script_main
 
 if __name__ == "__main__":
     sys.exit(script_main("wgan"))

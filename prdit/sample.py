@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from prdit.diffusion import create_diffusion
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import atomic_write_text, save_nifti, sha256_file
 from prdit.models import create_model
+from prdit.runtime import autocast_for, resolve_device
 from prdit.train.checkpoint import load_checkpoint, load_exported, resolve_checkpoint
 
 
@@ -52,12 +52,6 @@ class Pipeline:
     precision: str = "auto"
     info: dict = field(default_factory=dict)
 
-    def _autocast(self):
-        precision = self.precision
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
-
     def initial_noise(self, seed: int) -> torch.Tensor:
         """The starting noise of the volume with this seed (drawn on the CPU so every device agrees)."""
         generator = torch.Generator().manual_seed(seed)
@@ -72,7 +66,7 @@ class Pipeline:
         """One batch of volumes in model space [-1, 1] (and the final x0_hat when ``return_x0``)."""
         noise = torch.cat([self.initial_noise(seed) for seed in seeds]).to(self.device)
         generators = [torch.Generator(device=self.device).manual_seed(seed + 1) for seed in seeds]
-        with self._autocast():
+        with autocast_for(self.precision, self.device):
             result = self.diffusion.sample(
                 self.model, tuple(noise.shape), sampler=sampler, steps=steps, generator=generators, noise=noise,
                 progress=progress, return_x0=return_x0,
@@ -144,7 +138,7 @@ def load_pipeline(
     if not meta:
         raise CheckpointError(f"{path}: the checkpoint has no 'meta' entry (model name, size); was it written by prdit?")
     weights = "ema" if use_ema and "ema" in state else "model" if "model" in state else "ema"
-    device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     diffusion = create_diffusion(DiffusionConfig.model_validate(meta["diffusion"]))
     model = create_model(meta["model_name"], input_size=meta["input_size"], in_channels=meta["in_channels"],
                          out_channels=meta["out_channels"], stride=meta["stride"])

@@ -1,5 +1,7 @@
 """The prdit command: every subcommand has --help, errors are one line with exit status 2."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,28 @@ def test_every_subcommand_has_help(command, capsys):
         main([*command, "--help"])
     assert exit_info.value.code == 0
     assert "usage: prdit " + " ".join(command) in capsys.readouterr().out
+
+
+def test_help_imports_no_heavy_library():
+    """Every --help stays instant: the command modules import library code only inside their run functions."""
+    script = (
+        "import contextlib, io, sys\n"
+        "from prdit.cli import main\n"
+        f"for command in {[[]] + SUBCOMMANDS + [['data'], ['evaluate']]!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main([*command, '--help'])\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules} & {'torch', 'scipy', 'numpy', 'pydantic', 'matplotlib'}))\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]", completed.stdout
+
+
+def test_gpu_id_is_an_alias_of_device():
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "wgan", "--data_root_real", "r", "--data_root_fake_0", "f", "--save_path", "s",
+                              "--gpu_id", "-1"]).device == "-1"
+    assert parser.parse_args(["sample", "--gpu_id", "1"]).device == "1"
+    assert parser.parse_args(["sample"]).device == "auto"
 
 
 def test_top_level_help_lists_only_working_commands():

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from prdit.runtime import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -23,19 +25,6 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    if requested == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from prdit.errors import ConfigError
-
-        raise ConfigError(f"training.device={requested} but CUDA is not available; use training.device=cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device(f"cuda:{local_rank}")
-    return device
 
 
 def setup_distributed(requested_device: str = "auto") -> DistInfo:

@@ -23,6 +23,7 @@ from prdit.data.dataset import build_datasets, ensure_phantom_data
 from prdit.diffusion import create_diffusion
 from prdit.errors import ConfigError, PrditError
 from prdit.models import create_model
+from prdit.runtime import autocast_for, enable_tf32
 from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator
 from prdit.train.checkpoint import LoadReport, load_checkpoint, load_pretrained, numbered_runs, write_checkpoint
 from prdit.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, setup_distributed
@@ -111,15 +112,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def autocast_context(config: Config, device: torch.device):
-    precision = config.training.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -248,10 +240,8 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
     network = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
     if tcfg.compile:
         network = torch.compile(network)
-    if info.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = autocast_context(config, info.device)
+    enable_tf32(info.device)
+    autocast = autocast_for(config.training.precision, info.device)
     sampler = StepBatchSampler(tcfg.global_batch_size, info.rank, info.world_size, micro_batch, start_step, tcfg.total_steps)
     loader = DataLoader(
         StreamDataset(train_set, tcfg.seed), batch_sampler=sampler, num_workers=config.data.num_workers,

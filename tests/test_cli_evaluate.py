@@ -9,7 +9,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from prdit.evaluation import evaluate_sets
-from prdit.evaluation.commands import add_evaluate_subcommands, script_main
+from prdit.cli.evaluate import add_parser, script_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def folders(tmp_path, rng):
 
 def _run(argv):
     parser = argparse.ArgumentParser(prog="prdit")
-    add_evaluate_subcommands(parser.add_subparsers(dest="command"))
+    add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     args.func(args)
 

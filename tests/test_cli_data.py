@@ -4,28 +4,25 @@ import numpy as np
 import pytest
 from dicom_factory import ramp_volume, write_series
 
-from prdit.data.commands import add_data_subcommands
+from prdit.cli import build_parser
 from prdit.data.manifest import read_manifest
 from prdit.errors import DataError
 from prdit.io import load_volume
 
 
 def _run(argv):
-    parser = argparse.ArgumentParser(prog="prdit data")
-    add_data_subcommands(parser.add_subparsers(dest="data_command", required=True))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(["data", *argv])
     args.func(args)
     return args
 
 
 def test_defaults_follow_the_paper():
-    parser = argparse.ArgumentParser()
-    add_data_subcommands(parser.add_subparsers(dest="data_command"))
-    lidc = parser.parse_args(["lidc", "--src", "s", "--out", "o"])
+    parser = build_parser()
+    lidc = parser.parse_args(["data", "lidc", "--src", "s", "--out", "o"])
     assert (lidc.size, lidc.spacing, lidc.normalize, lidc.percentile, lidc.workers) == (256, 1.0, "hu", 99.9, 1)
-    rad = parser.parse_args(["rad", "--src", "s", "--out", "o"])
+    rad = parser.parse_args(["data", "rad", "--src", "s", "--out", "o"])
     assert (rad.size, rad.spacing, rad.percentile, rad.npz_key) == (256, None, 99.5, "ct")
-    split = parser.parse_args(["split", "--manifest", "m.csv"])
+    split = parser.parse_args(["data", "split", "--manifest", "m.csv"])
     assert (split.val, split.seed) == (200, 42)
 
 

@@ -1,8 +1,39 @@
-"""``prdit data lidc``, ``prdit data rad`` and ``prdit data split``: argparse wiring for real CT data."""
+"""``prdit data phantom|lidc|rad|split``: procedural phantoms, real CT data and train/val lists."""
 
 from __future__ import annotations
 
 import argparse
+
+from prdit.errors import PrditError
+
+
+def _add_phantom_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "phantom",
+        help="generate procedural chest-CT phantoms (NIfTI in HU) + train/val lists",
+        description="Write NUM procedural chest-CT phantoms as int16 HU NIfTI (real affine) with train.txt / val.txt.",
+    )
+    parser.add_argument("--num", type=int, default=200, help="number of volumes (default 200)")
+    parser.add_argument("--size", type=int, default=64, help="voxels per side, 32-256 (default 64)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first volume; volume i uses seed+i (default 0)")
+    parser.add_argument("--spacing", type=float, default=None, help="voxel spacing in mm (default: the whole chest fits)")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="regenerate volumes that already exist")
+    parser.set_defaults(func=_run_phantom)
+
+
+def _run_phantom(args: argparse.Namespace) -> None:
+    from prdit.data.phantom import write_phantom_dataset
+
+    if not 32 <= args.size <= 256:
+        raise PrditError(f"--size {args.size} is out of range: phantoms are 32 to 256 voxels per side")
+    if args.num < 1:
+        raise PrditError("--num must be at least 1")
+    summary = write_phantom_dataset(
+        args.out, num=args.num, size=args.size, seed=args.seed, spacing_mm=args.spacing, workers=args.workers, overwrite=args.overwrite
+    )
+    print(f"wrote {summary['written']} volume(s), kept {summary['skipped']} existing, in {args.out}")
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser, percentile: float) -> None:
@@ -63,8 +94,13 @@ def _run_split(args: argparse.Namespace) -> None:
     print(f"wrote {train} ({n_train} volumes) and {val} ({n_val} volumes)")
 
 
-def add_data_subcommands(subparsers) -> None:
-    """Add the ``lidc``, ``rad`` and ``split`` parsers to the subparsers of ``prdit data``."""
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    data = subparsers.add_parser(
+        "data", help="prepare data: phantoms, LIDC-IDRI, RAD-ChestCT, train/val splits",
+        description="Prepare training data: NIfTI volumes in HU with their real geometry, manifests and train/val lists.",
+    )
+    subparsers = data.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
+    _add_phantom_parser(subparsers)
     lidc = subparsers.add_parser(
         "lidc",
         help="LIDC-IDRI or any DICOM CT tree -> canonical NIfTI volumes + manifest",

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from prdit.errors import PrditError
+from prdit.cli.common import add_device_argument, run_command
 
 # ----------------------------------------------------------------------------------------------------------
 # Shared arguments and helpers
@@ -43,8 +43,6 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
-    from prdit.evaluation.data import DEFAULT_CACHE_DIR
-
     features = parser.add_argument_group("feature network")
     features.add_argument("--pretrain_path", default=None,
                           help="MedicalNet resnet_50_23dataset.pth or resnet_50.pth; without it a fixed-seed random network "
@@ -52,20 +50,10 @@ def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     features.add_argument("--normalization", choices=["none", "zscore"], default="none",
                           help="per-volume input normalisation: none (model space [-1, 1]) or MedicalNet-style z-score")
     features.add_argument("--batch_size", type=int, default=4, help="volumes per forward pass (default 4)")
-    features.add_argument("--gpu_id", type=int, default=0, help="CUDA device index, -1 for CPU (default 0; CPU when no GPU)")
-    features.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", default=str(DEFAULT_CACHE_DIR),
-                          help=f"real-set feature cache (default {DEFAULT_CACHE_DIR})")
+    add_device_argument(features)
+    features.add_argument("--cache_dir", "--cache-dir", dest="cache_dir", default=None,
+                          help="real-set feature cache (default $PRDIT_CACHE_DIR, else ~/.cache/prdit)")
     features.add_argument("--no_cache", "--no-cache", dest="cache", action="store_false", help="do not read or write the cache")
-
-
-def _device(gpu_id: int) -> str:
-    import torch
-
-    if gpu_id >= 0 and torch.cuda.is_available():
-        return f"cuda:{gpu_id}"
-    if gpu_id >= 0:
-        print("note: no CUDA device, running on CPU", file=sys.stderr)
-    return "cpu"
 
 
 def _load(args: argparse.Namespace, flag: str, name: str):
@@ -111,14 +99,16 @@ def _extractor(args: argparse.Namespace):
 
 
 def _feature_comparison(args: argparse.Namespace) -> dict:
-    from prdit.evaluation import compare_features
+    from prdit.evaluation.data import DEFAULT_CACHE_DIR
+    from prdit.evaluation.evaluate import compare_features
+    from prdit.runtime import resolve_device
 
     real, fake = _load(args, "data_root_real", "real"), _load(args, "data_root_fake", "fake")
     extractor = _extractor(args)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # printed once below, as one line
-        result = compare_features(real, fake, extractor, args.space, args.resize, args.batch_size, _device(args.gpu_id),
-                                  args.progress, Path(args.cache_dir) if args.cache else None)
+        result = compare_features(real, fake, extractor, args.space, args.resize, args.batch_size, resolve_device(args.device),
+                                  args.progress, Path(args.cache_dir or DEFAULT_CACHE_DIR) if args.cache else None)
     for note in result["protocol"]["warnings"]:
         print(f"warning: {note}", file=sys.stderr)
     result["protocol"]["dataset"] = args.dataset
@@ -182,7 +172,7 @@ def _add_offline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_offline(args: argparse.Namespace) -> None:
-    from prdit.evaluation import base_protocol
+    from prdit.evaluation.evaluate import base_protocol
     from prdit.evaluation.data import check_same_shape
     from prdit.evaluation.offline import offline_metrics
 
@@ -214,19 +204,20 @@ def _add_wgan_arguments(parser: argparse.ArgumentParser) -> None:
     critic.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate, betas (0, 0.9) (default 1e-4)")
     critic.add_argument("--width", type=int, default=16, help="channels of the first critic layer (default 16)")
     critic.add_argument("--checkpoint_every", type=int, default=200, help="save every N steps (default 200)")
-    critic.add_argument("--gpu_id", type=int, default=0, help="CUDA device index, -1 for CPU (default 0; CPU when no GPU)")
+    add_device_argument(critic)
     _add_output_arguments(parser)
 
 
 def _run_wgan(args: argparse.Namespace) -> None:
     from prdit.errors import CheckpointError, DataError
-    from prdit.evaluation import base_protocol
+    from prdit.evaluation.evaluate import base_protocol
     from prdit.evaluation.critic import CriticConfig, load_critic, split_indices, train_critic, wasserstein_estimate
     from prdit.evaluation.data import check_same_shape
+    from prdit.runtime import resolve_device
 
     save_path = Path(args.save_path)
     out = _output_path(args, save_path / "wgan_eval.json") if args.eval else None
-    device = _device(args.gpu_id)
+    device = resolve_device(args.device)
     real = _load(args, "data_root_real", "real")
     fakes = {name: _load(args, f"data_root_{name}", name) for name in ("fake_0", "fake_1") if getattr(args, f"data_root_{name}")}
     size = real.shape[0]
@@ -280,7 +271,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
-def add_evaluate_subcommands(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` with its sub-subcommands to the ``prdit`` command's subparsers."""
     parser = subparsers.add_parser("evaluate", help="evaluate generated volumes against real ones",
                                    description="FID, MMD, MS-SSIM, WGAN-GP Wasserstein critic and weightless metrics, each with its protocol.")
@@ -296,13 +287,4 @@ def script_main(name: str, argv: list[str] | None = None) -> int:
     summary, add_arguments, run = COMMANDS[name]
     parser = argparse.ArgumentParser(description=summary)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (PrditError, FileExistsError) as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_command(run, parser.parse_args(argv), parser.prog)

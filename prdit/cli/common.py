@@ -1,0 +1,36 @@
+"""What every ``prdit`` command shares: config arguments, ``--device`` (alias ``--gpu_id``) and the error mapper."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from prdit.errors import PrditError
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="YAML config, e.g. configs/phantom/local.yaml")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. training.lr=3e-4 data.image_size=64"
+    )
+
+
+def add_device_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None = "auto") -> None:
+    """``--device`` and its seed-compatible alias ``--gpu_id N`` (a CUDA index, -1 for the CPU); see ``prdit.runtime.resolve_device``."""
+    parser.add_argument("--device", "--gpu_id", dest="device", default=default,
+                        help="auto (cuda when available), cpu, cuda, cuda:1, or a GPU index as the seed scripts' "
+                             "--gpu_id (-1: CPU; an index without CUDA runs on the CPU) (default auto)")
+
+
+def run_command(func: Callable[[argparse.Namespace], None], args: argparse.Namespace, prog: str = "prdit") -> int:
+    """Run a command's function; bad input becomes one ``PROG: error: ...`` line and exit status 2."""
+    try:
+        func(args)
+    except (PrditError, FileExistsError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,98 @@
+"""``prdit sample`` (and the seed-compatible ``sample.py``): NIfTI volumes in HU from a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prdit.cli.common import add_device_argument
+from prdit.errors import PrditError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sample",
+        help="sample CT volumes from a checkpoint: NIfTI in HU + JSON sidecar + PNG previews",
+        description=(
+            "Sample volumes from a trained PRDiT into --output-dir: sample_<seed>.nii.gz (int16 HU, the training data's "
+            "spacing and a real affine), sample_<seed>.json (model, checkpoint SHA256, sampler, steps, seed) and "
+            "sample_<seed>.png, plus samples_grid.png. Volume i uses seed --seed + i and depends only on it. Existing "
+            "volumes are skipped (a rerun resumes). Multi-GPU: torchrun --nproc_per_node=N sample.py ... (ranks take "
+            "disjoint seeds)."
+        ),
+    )
+    parser.add_argument("--config", default=None, help="training config; without --ckpt its latest run is sampled")
+    parser.add_argument("--ckpt", default=None, help="checkpoint file (.pt) or run folder (its latest checkpoint)")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None,
+                        help="output folder (default: <run folder>/samples)")
+    parser.add_argument("--num-volumes", dest="num_volumes", type=int, default=None, help="how many volumes in total (default 4)")
+    parser.add_argument("--total-samples", "--total_samples", dest="total_samples", type=int, default=None,
+                        help="seed-compatible name of --num-volumes (the total number of volumes)")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="volumes per forward pass (default 1)")
+    parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=None,
+                        help="seed-compatible name of --batch-size (volumes per forward pass)")
+    parser.add_argument("--sampler", default=None, help="sampler name (default: the checkpoint's diffusion default); see --list-samplers")
+    parser.add_argument("--new", action="store_true", help="seed-compatible: the paper's hot predictor-corrector sampler (ian-pc)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the sampler's own default)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first volume (default 0)")
+    parser.add_argument("--ema", dest="ema", action="store_true", default=True, help="use the EMA weights (default)")
+    parser.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw training weights")
+    add_device_argument(parser)
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--overwrite", action="store_true", help="redo volumes that already exist in --output-dir")
+    parser.add_argument("--save-raw", dest="save_raw", action="store_true", help="also write the model-space output (sample_<seed>_raw.nii.gz)")
+    parser.add_argument("--save-x0", dest="save_x0", action="store_true", help="also write the final x0 prediction (sample_<seed>_x0.nii.gz)")
+    parser.add_argument("--list-samplers", dest="list_samplers", action="store_true", help="print the checkpoint's samplers and exit")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.set_defaults(func=_run_sample)
+
+
+def _pick(args: argparse.Namespace, name: str, alias: str, default: int) -> int:
+    value, seed_value = getattr(args, name), getattr(args, alias)
+    if value is not None and seed_value is not None and value != seed_value:
+        raise PrditError(f"--{name.replace('_', '-')} {value} and --{alias.replace('_', '-')} {seed_value} disagree; pass one of them")
+    chosen = value if value is not None else seed_value if seed_value is not None else default
+    if chosen < 1:
+        raise PrditError(f"--{name.replace('_', '-')} must be at least 1, got {chosen}")
+    return chosen
+
+
+def _run_sample(args: argparse.Namespace) -> None:
+    from prdit.sample import load_pipeline, sample_to_folder, write_grid
+    from prdit.train.distributed import barrier, setup_distributed, teardown_distributed
+
+    if args.ckpt is None:
+        if args.config is None:
+            raise PrditError("pass --ckpt (a checkpoint or run folder) or --config (its latest run is sampled)")
+        from prdit.config import load_config
+        from prdit.train.trainer import latest_run_dir
+
+        args.ckpt = latest_run_dir(load_config(args.config), needed_by="sampling")
+    if args.new and args.sampler not in (None, "ian-pc"):
+        raise PrditError(f"--new selects the ian-pc sampler but --sampler {args.sampler} was given; pass one of them")
+    sampler = "ian-pc" if args.new else args.sampler
+    num_volumes = _pick(args, "num_volumes", "total_samples", 4)
+    batch_size = _pick(args, "batch_size", "num_samples", 1)
+    info = setup_distributed(args.device)
+    try:
+        pipeline = load_pipeline(args.ckpt, device=info.device, use_ema=args.ema, precision=args.precision)
+        if args.list_samplers:
+            for name in pipeline.diffusion.samplers:
+                default = " (default)" if name == pipeline.diffusion.default_sampler else ""
+                print(f"{name}: {pipeline.diffusion.default_steps(name)} steps by default{default}")
+            return
+        if sampler is not None and sampler not in pipeline.diffusion.samplers:
+            raise PrditError(f"unknown sampler {sampler!r} for this checkpoint; choose one of {', '.join(pipeline.diffusion.samplers)}")
+        out_dir = Path(args.output_dir) if args.output_dir else pipeline.checkpoint.parent.parent / "samples"
+        written = sample_to_folder(
+            pipeline, out_dir, num_volumes, batch_size=batch_size, seed=args.seed, sampler=sampler, steps=args.steps,
+            overwrite=args.overwrite, rank=info.rank, world_size=info.world_size, progress=args.progress and info.is_main,
+            save_raw=args.save_raw, save_x0=args.save_x0, grid=not info.enabled,
+        )
+        print(f"wrote {len(written)} volume(s) to {out_dir}" + (f" (rank {info.rank})" if info.enabled else ""))
+        if info.enabled:  # the grid shows every rank's volumes, so it waits for all of them
+            barrier(info)
+            if info.is_main:
+                write_grid(out_dir, pipeline.spacing)
+    finally:
+        teardown_distributed()

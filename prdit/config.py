@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prdit.errors import ConfigError
+from prdit.io import atomic_write_text
 
 
 class Section(BaseModel):
@@ -264,7 +265,5 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def save_config(config: Config, path: str | os.PathLike) -> Path:
-    from prdit.io import atomic_write_text
-
     atomic_write_text(path, config.to_yaml())
     return Path(path)

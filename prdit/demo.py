@@ -70,7 +70,7 @@ def run_demo(
     progress: bool = True, overwrite: bool = False,
 ) -> Path:
     """Run the whole demo; returns the path of ``index.md``."""
-    from prdit.data.dataset import resolve_splits
+    from prdit.data.sources import resolve_splits
     from prdit.evaluation import evaluate_floor, evaluate_sets
     from prdit.preview import save_montage
     from prdit.sample import load_pipeline, sample_to_folder

@@ -237,33 +237,3 @@ def load_volume(path: str | os.PathLike, npz_key: str | None = None) -> Volume:
         raise DataError(f"{path}: cannot read the file ({type(error).__name__}: {error}); is it truncated or corrupt?") from None
     array = _validate(array, path)
     return Volume(array, spacing, nifti_affine(spacing, centered_origin(array.shape, spacing)), path)
-
-
-def find_volumes(root: str | os.PathLike) -> list[Path]:
-    """Sorted volume files under a folder (recursively), the ok cases of a preprocessing ``manifest.csv/.json``,
-    or the files listed in a list file (one path a line, relative to the list's folder; ``#`` starts a comment)."""
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: no such file or folder")
-    if root.is_file():
-        if volume_suffix(root):
-            return [root]
-        if root.name.startswith("manifest") and root.suffix in (".csv", ".json"):
-            from prdit.data.manifest import ok_outputs  # the data package builds on io, not the reverse
-
-            return ok_outputs(root)
-        entries = [line.split("#", 1)[0].strip() for line in root.read_text().splitlines()]
-        paths = [Path(e) if Path(e).is_absolute() else root.parent / e for e in entries if e]
-        missing = [p for p in paths if not p.exists()]
-        if missing:
-            raise DataError(f"{root}: {len(missing)} listed file(s) do not exist, first: {missing[0]}")
-        if not paths:
-            raise DataError(f"{root}: the list file names no volumes")
-        return paths
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and volume_suffix(p) and not p.name.startswith(".tmp-"))
-    if not paths:
-        raise DataError(
-            f"{root}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)}); "
-            "generate phantoms with `prdit data phantom --out DIR` or point data.root at your data"
-        )
-    return paths

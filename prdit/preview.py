@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from prdit.errors import PrditError
+from prdit.io import atomic_write_bytes, load_volume
 
 #: Display windows, name -> (level, width) in HU.
 WINDOWS: dict[str, tuple[float, float]] = {
@@ -129,8 +130,6 @@ def render_montage(
 
 
 def _save(figure: Figure, out_png: str | os.PathLike) -> Path:
-    from prdit.io import atomic_write_bytes
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, facecolor=figure.get_facecolor())
     out_png = Path(out_png)
@@ -147,8 +146,6 @@ def save_montage(
 ) -> Path:
     """Write :func:`render_montage` of an HU array or a volume file (whose spacing is used unless given)."""
     if isinstance(volume_or_path, (str, os.PathLike)):
-        from prdit.io import load_volume
-
         loaded = load_volume(volume_or_path)
         volume, spacing = loaded.array, spacing if spacing is not None else loaded.spacing
     else:

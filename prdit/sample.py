@@ -26,7 +26,7 @@ from prdit.config import DiffusionConfig
 from prdit.data.intensity import IntensityMapping
 from prdit.diffusion import create_diffusion
 from prdit.errors import CheckpointError, PrditError
-from prdit.io import atomic_write_text, save_nifti, sha256_file
+from prdit.io import atomic_write_text, load_volume, save_nifti, sha256_file
 from prdit.models import create_model
 from prdit.runtime import autocast_for, resolve_device
 from prdit.train.checkpoint import load_checkpoint, load_exported, resolve_checkpoint
@@ -199,7 +199,6 @@ def sample_to_folder(
 
 def write_grid(out_dir: Path, spacing: tuple[float, float, float], limit: int = 16) -> Path | None:
     """One PNG with a tile per sampled volume in ``out_dir`` (the first ``limit``)."""
-    from prdit.io import load_volume
     from prdit.preview import save_grid
 
     paths = sorted(out_dir.glob("sample_*[0-9].nii.gz"))[:limit]

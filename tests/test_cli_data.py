@@ -1,5 +1,3 @@
-import argparse
-
 import numpy as np
 import pytest
 from dicom_factory import ramp_volume, write_series

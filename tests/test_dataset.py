@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from prdit.config import DataConfig
-from prdit.data.dataset import VolumeDataset, average_pool, build_datasets, mapping_from_config, resolve_splits, split_paths
+from prdit.data.dataset import VolumeDataset, build_datasets, mapping_from_config
 from prdit.data.intensity import IntensityMapping
 from prdit.errors import DataError
 from prdit.io import save_nifti
@@ -16,14 +16,6 @@ def write_volumes(folder, count, size=8, spacing=(2.0, 2.0, 2.0)):
         hu = rng.uniform(-1000, 1000, (size,) * 3).astype(np.float32)
         paths.append(save_nifti(folder / f"v{i:02d}.nii.gz", hu, spacing))
     return paths
-
-
-def test_average_pool_matches_block_means():
-    volume = np.arange(4 * 4 * 6, dtype=np.float32).reshape(4, 4, 6)
-    pooled = average_pool(volume, 2)
-    assert pooled.shape == (2, 2, 3)
-    assert pooled[1, 0, 2] == volume[2:4, 0:2, 4:6].mean()
-    assert average_pool(volume, 1) is volume
 
 
 def test_items_are_model_space_and_map_back_to_hu(tmp_path):
@@ -61,23 +53,6 @@ def test_flips_are_reproducible_per_epoch_and_index(tmp_path):
     assert any(flipped)
     for e in epochs:  # a flip only permutes voxels
         torch.testing.assert_close(e.sum(dim=(2, 3, 4)), torch.stack([plain[i] for i in range(4)]).sum(dim=(2, 3, 4)))
-
-
-def test_split_is_deterministic_and_disjoint(tmp_path):
-    paths = [tmp_path / f"{i}.nii.gz" for i in range(30)]
-    train, val = split_paths(paths, 5, seed=42)
-    assert len(val) == 5 and not set(train) & set(val) and set(train) | set(val) == set(paths)
-    assert split_paths(paths, 5, seed=42) == (train, val)
-    assert split_paths(paths, 5, seed=1)[1] != val
-
-
-def test_resolve_splits_prefers_list_files(tmp_path):
-    write_volumes(tmp_path, 4)
-    (tmp_path / "train.txt").write_text("v00.nii.gz\nv01.nii.gz\nv02.nii.gz\n")
-    (tmp_path / "val.txt").write_text("v03.nii.gz\n")
-    train, val = resolve_splits(DataConfig(root=str(tmp_path)))
-    assert [p.name for p in train] == ["v00.nii.gz", "v01.nii.gz", "v02.nii.gz"]
-    assert [p.name for p in val] == ["v03.nii.gz"]
 
 
 def test_build_datasets_from_folder_and_errors(tmp_path):

@@ -7,7 +7,6 @@ import pytest
 from prdit.errors import DataError
 from prdit.io import (
     atomic_write,
-    find_volumes,
     load_volume,
     nifti_affine,
     save_nifti,
@@ -143,43 +142,7 @@ def test_missing_and_wrong_suffix(tmp_path):
         load_volume(tmp_path / "notes.txt")
 
 
-def test_find_volumes_in_folders_and_lists(tmp_path):
-    for name in ("b.nii.gz", "a.npy", "sub/c.npz"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    (tmp_path / ".tmp-1234-d.nii.gz").write_bytes(b"")
-    found = find_volumes(tmp_path)
-    assert [p.name for p in found] == ["a.npy", "b.nii.gz", "c.npz"]
-    listing = tmp_path / "train.txt"
-    listing.write_text("b.nii.gz\n# a comment\nsub/c.npz\n")
-    assert [p.name for p in find_volumes(listing)] == ["b.nii.gz", "c.npz"]
-    listing.write_text("missing.nii.gz\n")
-    with pytest.raises(DataError, match="do not exist"):
-        find_volumes(listing)
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(DataError, match="no volumes found"):
-        find_volumes(empty)
-    with pytest.raises(DataError, match="no such"):
-        find_volumes(tmp_path / "absent")
-
-
 def test_geometry_helpers():
     affine = nifti_affine((2.5, 0.7, 0.8), (0.0, 0.0, 0.0))
     assert spacing_from_affine(affine) == (2.5, 0.7, 0.8)
     assert volume_stem("dir/case_001.nii.gz") == "case_001"
-
-
-def test_find_volumes_reads_the_ok_cases_of_a_manifest(tmp_path):
-    from prdit.data.manifest import ManifestRow, write_manifest
-
-    (tmp_path / "volumes").mkdir()
-    for name in ("a", "b"):
-        np.save(tmp_path / "volumes" / f"{name}.npy", np.zeros((4, 4, 4), np.float32))
-    rows = [
-        ManifestRow(case_id="a", status="ok", source="/src/a", output="volumes/a.npy"),
-        ManifestRow(case_id="b", status="skipped", source="/src/b", reason="gantry tilt"),
-        ManifestRow(case_id="c", status="ok", source="/src/c", output="volumes/b.npy"),
-    ]
-    manifest = write_manifest(tmp_path / "manifest.csv", rows)
-    assert find_volumes(manifest) == [tmp_path / "volumes" / "a.npy", tmp_path / "volumes" / "b.npy"]

@@ -3,7 +3,7 @@ import pytest
 
 from prdit.data.manifest import ManifestRow, ok_outputs, read_manifest, write_manifest, write_split
 from prdit.errors import DataError
-from prdit.io import find_volumes
+from prdit.data.sources import find_volumes
 
 
 def _row(case_id, status="ok", **kwargs):

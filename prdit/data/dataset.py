@@ -15,19 +15,11 @@ from torch.utils.data import Dataset
 
 from prdit.config import DataConfig
 from prdit.data.intensity import IntensityMapping
+from prdit.data.phantom import write_phantom_dataset
 from prdit.errors import DataError
-from prdit.io import find_volumes, load_volume
-
-
-def average_pool(volume: np.ndarray, factor: int) -> np.ndarray:
-    """Integer average pooling of a [D, H, W] volume (the paper's 256^3 -> 128^3 route); trailing voxels are cropped."""
-    if factor == 1:
-        return volume
-    d, h, w = (s // factor for s in volume.shape)
-    if min(d, h, w) == 0:
-        raise DataError(f"cannot pool a volume of shape {volume.shape} by {factor}")
-    cropped = volume[: d * factor, : h * factor, : w * factor]
-    return cropped.reshape(d, factor, h, factor, w, factor).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+from prdit.data.sources import resolve_splits
+from prdit.data.volume_ops import average_pool
+from prdit.io import load_volume
 
 
 def mapping_from_config(config: DataConfig) -> IntensityMapping:
@@ -119,31 +111,11 @@ class VolumeDataset(Dataset):
         return [self.mapping.to_hu(self.load(i).array) for i in range(min(len(self), limit or len(self)))]
 
 
-def _list_or_none(root: Path, explicit: str | None, default_name: str) -> Path | None:
-    if explicit:
-        path = Path(explicit)
-        path = path if path.is_absolute() or path.exists() else root / path
-        if not path.exists():
-            raise DataError(f"{explicit}: list file not found (looked at {path})")
-        return path
-    candidate = root / default_name if root.is_dir() else None
-    return candidate if candidate is not None and candidate.exists() else None
-
-
-def split_paths(paths: list[Path], val_count: int, seed: int = 42) -> tuple[list[Path], list[Path]]:
-    """Deterministic shuffle with ``seed``; the first ``val_count`` are validation."""
-    order = np.random.default_rng(seed).permutation(len(paths))
-    shuffled = [paths[i] for i in order]
-    return sorted(shuffled[val_count:]), sorted(shuffled[:val_count])
-
-
 def ensure_phantom_data(config: DataConfig, progress: bool = True) -> None:
     """Generate the phantom dataset into ``config.root`` when it has no volumes yet."""
     root = Path(config.root)
     if root.is_dir() and any(root.glob("*.nii*")):
         return
-    from prdit.data.phantom import write_phantom_dataset
-
     print(f"[prdit] generating {config.phantom.num} phantom volumes of {config.image_size * config.pool}^3 into {root}")
     write_phantom_dataset(
         root,
@@ -154,20 +126,6 @@ def ensure_phantom_data(config: DataConfig, progress: bool = True) -> None:
         workers=config.phantom.workers,
         progress=progress,
     )
-
-
-def resolve_splits(config: DataConfig) -> tuple[list[Path], list[Path]]:
-    """Training and validation files: explicit lists, ROOT/train.txt + ROOT/val.txt, or a seeded split."""
-    root = Path(config.root)
-    train_list = _list_or_none(root, config.train_list, "train.txt")
-    val_list = _list_or_none(root, config.val_list, "val.txt")
-    if train_list is not None:
-        train = find_volumes(train_list)
-        val = find_volumes(val_list) if val_list is not None else []
-        return train, val
-    paths = find_volumes(root)
-    val_count = min(200, len(paths) // 10)
-    return split_paths(paths, val_count)
 
 
 def build_datasets(config: DataConfig, seed: int = 0, progress: bool = True) -> tuple[VolumeDataset, VolumeDataset | None]:

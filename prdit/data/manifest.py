@@ -16,6 +16,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 from prdit.errors import DataError
 from prdit.io import atomic_write_text
 
@@ -115,6 +117,14 @@ def ok_outputs(manifest: str | os.PathLike) -> list[Path]:
     return outputs
 
 
+def split_paths(paths: list[Path], val_count: int, seed: int = 42) -> tuple[list[Path], list[Path]]:
+    """Deterministic shuffle with ``seed`` (``default_rng(seed)`` is ``Generator(PCG64(seed))``); the first ``val_count``
+    are validation."""
+    order = np.random.default_rng(seed).permutation(len(paths))
+    shuffled = [paths[i] for i in order]
+    return sorted(shuffled[val_count:]), sorted(shuffled[:val_count])
+
+
 def write_split(
     manifest: str | os.PathLike, val: int = 200, seed: int = 42, overwrite: bool = False
 ) -> tuple[Path, Path, int, int]:
@@ -130,8 +140,6 @@ def write_split(
             f"--val {val}: the manifest has {len(outputs)} ok case(s); choose 1 to {len(outputs) - 1} validation volumes "
             "(to train without validation, point data.root at the folder instead)"
         )
-    from prdit.data.dataset import split_paths  # default_rng(seed) is Generator(PCG64(seed))
-
     train, validation = split_paths(outputs, val, seed)
     targets = {folder / "train.txt": train, folder / "val.txt": validation}
     texts = {target: "".join(f"{p.as_posix()}\n" for p in paths) for target, paths in targets.items()}

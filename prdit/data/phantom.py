@@ -31,6 +31,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
 from prdit.errors import PrditError
+from prdit.io import atomic_write_text, save_nifti
 
 FIELD_OF_VIEW_MM = 360.0
 MIN_SIZE, MAX_SIZE = 32, 256
@@ -699,8 +700,6 @@ def phantom_file_name(seed: int) -> str:
 
 def _write_one(task: tuple[str, int, int, float | None, bool]) -> bool:
     """Generate and write one phantom; False when it already existed (and overwrite is off)."""
-    from prdit.io import save_nifti
-
     path, size, seed, spacing_mm, overwrite = task
     if not overwrite and Path(path).exists():
         return False
@@ -727,8 +726,6 @@ def write_phantom_dataset(
     ``written`` and ``skipped`` and the ``train`` / ``val`` paths.
     """
     from tqdm import tqdm
-
-    from prdit.io import atomic_write_text
 
     _validate(size, seed, spacing_mm)
     if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 1:

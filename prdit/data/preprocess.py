@@ -42,6 +42,7 @@ from prdit.data.dicom import (
 )
 from prdit.data.manifest import STATUS_OK, STATUS_SKIPPED, ManifestRow, read_manifest, write_manifest
 from prdit.data.rad_chestct import RAD_NPZ_KEY, read_rad_volume
+from prdit.data.volume_ops import average_pool, body_center, crop_or_pad, paper_normalize
 from prdit.errors import DataError
 from prdit.io import atomic_write_text, centered_origin, save_nifti, volume_stem
 
@@ -49,7 +50,6 @@ VOLUME_DIR = "volumes"
 MANIFEST_NAME = "manifest.csv"
 SKIPPED_NAME = "skipped.csv"
 OPTIONS_NAME = "preprocess.json"
-BODY_THRESHOLD_HU = -500.0  # soft tissue and bone are above, lung and air below
 _MANIFEST_INTERVAL_S = 5.0  # how often a long run checkpoints its manifest
 
 
@@ -119,46 +119,6 @@ def physical_center(image, index_center: np.ndarray | None = None) -> np.ndarray
     return np.array(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in index_center[::-1])))
 
 
-def body_center(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
-    """Centre [z, y, x] (index units) of the bounding box of the largest connected region above ``threshold``.
-
-    The largest region is the patient; the table and stray objects are smaller. Falls back to the array centre.
-    """
-    from scipy import ndimage
-
-    labels, count = ndimage.label(hu > threshold)
-    if count == 0:
-        return (np.array(hu.shape, dtype=np.float64) - 1) / 2
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    box = ndimage.find_objects(labels)[largest - 1]
-    return np.array([(s.start + s.stop - 1) / 2 for s in box], dtype=np.float64)
-
-
-def crop_or_pad(volume: np.ndarray, size: int, start: tuple[int, int, int] | None = None, fill: float = AIR_HU) -> np.ndarray:
-    """The ``size``^3 window of ``volume`` starting at index ``start`` (default: centred); outside reads ``fill``."""
-    if start is None:
-        start = tuple((s - size) // 2 for s in volume.shape)  # type: ignore[assignment]
-    out = np.full((size,) * 3, fill, dtype=volume.dtype)
-    source, target = [], []
-    for begin, extent in zip(start, volume.shape):  # type: ignore[arg-type]
-        lo, hi = max(begin, 0), min(begin + size, extent)
-        source.append(slice(lo, max(hi, lo)))
-        target.append(slice(lo - begin, lo - begin + max(hi - lo, 0)))
-    out[tuple(target)] = volume[tuple(source)]
-    return out
-
-
-def paper_normalize(hu: np.ndarray, percentile: float, low: float = -1000.0, ceiling: float | None = None) -> np.ndarray:
-    """The paper's per-volume intensity scaling: clip to [low, ceiling], clip above the ``percentile``-th
-    percentile, then min-max to [0, 1] (float32)."""
-    clipped = np.clip(hu, low, ceiling if ceiling is not None else np.inf)
-    clipped = np.minimum(clipped, np.percentile(clipped, percentile))
-    lo, hi = float(clipped.min()), float(clipped.max())
-    if hi <= lo:
-        raise DataError(f"constant volume ({lo} HU) cannot be min-max normalised")
-    return ((clipped - lo) / (hi - lo)).astype(np.float32)
-
-
 def _finish(
     hu: np.ndarray, spacing: float, origin: np.ndarray, options: PreprocessOptions, path: Path, row: ManifestRow
 ) -> ManifestRow:
@@ -167,8 +127,6 @@ def _finish(
     row.hu_p99_9 = float(np.percentile(hu, 99.9))
     volume = paper_normalize(hu, options.percentile, ceiling=options.hu_ceiling) if options.normalize == "paper" else hu
     if options.pool > 1:
-        from prdit.data.dataset import average_pool
-
         volume = average_pool(volume, options.pool)
         origin = origin + (options.pool - 1) / 2 * spacing  # a pooled voxel's centre is its block's centre
         spacing = spacing * options.pool

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 
 from prdit.data.intensity import IntensityMapping
 from prdit.errors import DataError
-from prdit.io import atomic_write, find_volumes, load_volume, volume_suffix
+from prdit.data.sources import find_volumes
+from prdit.io import atomic_write, load_volume, volume_suffix
 
 Space = Literal["hu", "model"]
 ResizePolicy = Literal["error", "trilinear"]

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from prdit.errors import CheckpointError
+from prdit.io import sha256_file
 
 FEATURE_DIM = 2048
 FALLBACK_SEED = 0
@@ -154,8 +155,6 @@ class MedicalNetFeatures(nn.Module):
             self.weights = FALLBACK_LABEL
             self.weights_sha256: str | None = None
         else:
-            from prdit.io import sha256_file
-
             path = Path(pretrain_path)  # type: ignore[arg-type]
             _load_backbone(self.backbone, state, path)
             self.weights_sha256 = sha256_file(path)

@@ -22,14 +22,15 @@ import torch
 from tqdm.auto import tqdm
 
 from prdit import __version__
+from prdit.checkpoint import CheckpointMeta, load_checkpoint, load_exported
 from prdit.config import DiffusionConfig
 from prdit.data.intensity import IntensityMapping
 from prdit.diffusion import create_diffusion
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import atomic_write_text, load_volume, save_nifti, sha256_file
 from prdit.models import create_model
+from prdit.runs import resolve_checkpoint
 from prdit.runtime import autocast_for, resolve_device
-from prdit.train.checkpoint import load_checkpoint, load_exported, resolve_checkpoint
 
 
 def volume_name(seed: int) -> str:
@@ -134,22 +135,20 @@ def load_pipeline(
     exported = str(ckpt).endswith(".safetensors")
     path = Path(ckpt) if exported else resolve_checkpoint(ckpt)
     state = load_exported(path) if exported else load_checkpoint(path)
-    meta = state.get("meta")
-    if not meta:
-        raise CheckpointError(f"{path}: the checkpoint has no 'meta' entry (model name, size); was it written by prdit?")
+    meta = CheckpointMeta.from_dict(state.get("meta"), path)
     weights = "ema" if use_ema and "ema" in state else "model" if "model" in state else "ema"
     device = resolve_device(device)
-    diffusion = create_diffusion(DiffusionConfig.model_validate(meta["diffusion"]))
-    model = create_model(meta["model_name"], input_size=meta["input_size"], in_channels=meta["in_channels"],
-                         out_channels=meta["out_channels"], stride=meta["stride"])
+    diffusion = create_diffusion(DiffusionConfig.model_validate(meta.diffusion))
+    model = create_model(meta.model_name, input_size=meta.input_size, in_channels=meta.in_channels,
+                         out_channels=meta.out_channels, stride=meta.stride)
     try:
         model.load_state_dict(state[weights])
     except RuntimeError as error:
-        raise CheckpointError(f"{path}: weights do not fit {meta['model_name']}: {str(error).splitlines()[1][:300]}") from None
+        raise CheckpointError(f"{path}: weights do not fit {meta.model_name}: {str(error).splitlines()[1][:300]}") from None
     model.to(device).eval().requires_grad_(False)
     return Pipeline(
-        model=model, diffusion=diffusion, mapping=IntensityMapping.from_dict(meta["intensity"]), spacing=tuple(meta["spacing"]),
-        input_size=meta["input_size"], device=device, checkpoint=path, checkpoint_sha256=sha256_file(path), weights=weights,
+        model=model, diffusion=diffusion, mapping=IntensityMapping.from_dict(meta.intensity), spacing=tuple(meta.spacing),
+        input_size=meta.input_size, device=device, checkpoint=path, checkpoint_sha256=sha256_file(path), weights=weights,
         precision=precision, info={"trained_steps": state.get("step")},
     )
 

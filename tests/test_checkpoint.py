@@ -5,7 +5,8 @@ import torch
 
 from prdit.errors import CheckpointError
 from prdit.models import create_model
-from prdit.train import checkpoint as ckpt
+from prdit import checkpoint as ckpt
+from prdit.runs import resolve_latest
 
 
 def tiny(depth: int, size: int = 16):
@@ -21,7 +22,7 @@ def test_round_trip_and_latest_pointer_with_retention(tmp_path):
     for step in (1, 2, 3, 4):
         ckpt.write_checkpoint(state_of(model, step), tmp_path, keep_last=2, is_best=step == 2)
     assert sorted(p.name for p in tmp_path.glob("step-*.pt")) == ["step-0000003.pt", "step-0000004.pt"]
-    assert ckpt.resolve_latest(tmp_path).name == "step-0000004.pt"
+    assert resolve_latest(tmp_path).name == "step-0000004.pt"
     assert ckpt.load_checkpoint(tmp_path / "best.pt")["step"] == 2
     loaded = ckpt.load_checkpoint(tmp_path)
     assert loaded["step"] == 4
@@ -44,6 +45,18 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
+def test_meta_round_trips_and_missing_keys_are_named(tmp_path):
+    meta = ckpt.CheckpointMeta(model_name="PRDiT-T/6/0", input_size=16, stride=4, in_channels=1, out_channels=2, depth=0,
+                               local_frozen=False, fine_tuned=[], intensity={"mode": "hu"}, spacing=[1.0, 1.0, 1.0],
+                               diffusion={"process": "ian"})
+    path = ckpt.save_checkpoint({"model": {}, "meta": meta.to_dict()}, tmp_path / "m.pt")
+    assert ckpt.CheckpointMeta.from_dict(ckpt.load_checkpoint(path)["meta"], path) == meta
+    with pytest.raises(CheckpointError, match="m.pt: the checkpoint's 'meta' lacks stride"):
+        ckpt.CheckpointMeta.from_dict({k: v for k, v in meta.to_dict().items() if k != "stride"}, path)
+    with pytest.raises(CheckpointError, match="no 'meta' entry"):
+        ckpt.CheckpointMeta.from_dict(None, path)
+
+
 def test_truncated_and_foreign_files_are_reported_by_name(tmp_path):
     good = ckpt.save_checkpoint(state_of(tiny(0)), tmp_path / "good.pt")
     truncated = tmp_path / "truncated.pt"
@@ -56,15 +69,6 @@ def test_truncated_and_foreign_files_are_reported_by_name(tmp_path):
         ckpt.load_checkpoint(foreign)
     with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
         ckpt.load_checkpoint(tmp_path / "missing.pt")
-
-
-def test_run_pattern_resolves_to_the_newest_numbered_run(tmp_path):
-    for number in (2, 10):
-        run = tmp_path / f"{number:03d}-PRDiT-T-6-0" / "checkpoints"
-        ckpt.write_checkpoint(state_of(tiny(0), number), run, keep_last=1)
-    assert ckpt.load_checkpoint(tmp_path / "*-PRDiT-T-6-0")["step"] == 10
-    with pytest.raises(CheckpointError, match="no run folder matches"):
-        ckpt.resolve_checkpoint(tmp_path / "*-PRDiT-B-12-0")
 
 
 def test_stage1_checkpoint_initialises_stage2_exactly(tmp_path):

@@ -9,7 +9,7 @@ from prdit.cli import main
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import load_volume
 from prdit.sample import load_pipeline, sample_to_folder
-from prdit.train.checkpoint import export_weights, load_checkpoint, save_checkpoint
+from prdit.checkpoint import export_weights, load_checkpoint, save_checkpoint
 from prdit.train.trainer import TrainOptions, train
 from test_trainer import blob_data, make_config  # noqa: F401  (fixture re-used)
 

@@ -13,7 +13,7 @@ from scipy.ndimage import gaussian_filter
 
 from prdit.config import config_from_dict, save_config
 from prdit.errors import ConfigError, PrditError
-from prdit.train.checkpoint import load_checkpoint
+from prdit.checkpoint import load_checkpoint
 from prdit.train.logger import read_log
 from prdit.train.trainer import TrainOptions, train
 

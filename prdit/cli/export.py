@@ -23,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> None:
-    from prdit.train.checkpoint import export_weights
+    from prdit.checkpoint import export_weights
 
     if not args.out.endswith(".safetensors"):
         raise PrditError(f"--out {args.out}: use a .safetensors file name")

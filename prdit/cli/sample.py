@@ -65,7 +65,7 @@ def _run_sample(args: argparse.Namespace) -> None:
         if args.config is None:
             raise PrditError("pass --ckpt (a checkpoint or run folder) or --config (its latest run is sampled)")
         from prdit.config import load_config
-        from prdit.train.trainer import latest_run_dir
+        from prdit.runs import latest_run_dir
 
         args.ckpt = latest_run_dir(load_config(args.config), needed_by="sampling")
     if args.new and args.sampler not in (None, "ian-pc"):

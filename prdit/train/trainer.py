@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import re
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,14 +17,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from prdit import __version__
+from prdit.checkpoint import CheckpointMeta, LoadReport, load_checkpoint, load_pretrained, write_checkpoint
 from prdit.config import Config, config_from_dict, save_config
 from prdit.data.dataset import build_datasets, ensure_phantom_data
 from prdit.diffusion import create_diffusion
 from prdit.errors import ConfigError, PrditError
 from prdit.models import create_model
+from prdit.runs import latest_run_dir, new_run_dir
 from prdit.runtime import autocast_for, enable_tf32
 from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator
-from prdit.train.checkpoint import LoadReport, load_checkpoint, load_pretrained, numbered_runs, write_checkpoint
 from prdit.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, setup_distributed
 from prdit.train.ema import create_ema, ema_decay_at, update_ema
 from prdit.train.logger import RunLogger, plot_loss_curve
@@ -53,33 +53,6 @@ def debug_config(config: Config) -> Config:
         values["data"]["root"] = config.data.root.rstrip("/") + "-debug"
     values["output"]["results_dir"] = str(Path(config.output.results_dir) / "debug")
     return config_from_dict(values, "debug config")
-
-
-def run_name(config: Config) -> str:
-    return config.output.run_name or config.model.name.replace("/", "-")
-
-
-def new_run_dir(config: Config) -> Path:
-    """``results/<NNN>-<name>/`` with the next free number."""
-    root = Path(config.output.results_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    numbers = [int(m.group(1)) for p in root.iterdir() if (m := re.match(r"^(\d{3,})-", p.name))]
-    path = root / f"{max(numbers, default=0) + 1:03d}-{run_name(config)}"
-    path.mkdir()
-    return path
-
-
-def latest_run_dir(config: Config, needed_by: str = "--resume_training") -> Path:
-    """The most recent run of this config's name that has a checkpoint (for ``--resume_training``, sampling)."""
-    root = Path(config.output.results_dir)
-    runs = [p for p in numbered_runs(root / f"*-{run_name(config)}") if (p / "checkpoints" / "latest").exists()]
-    if not runs:
-        raise PrditError(
-            f"{needed_by}: no run of {run_name(config)} with a checkpoint under {root}/; "
-            + ("start a new run without --resume_training or pass --run-dir" if needed_by == "--resume_training"
-               else "train it first or pass --ckpt")
-        )
-    return runs[-1]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -214,9 +187,10 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
         run_dir = Path(options.run_dir) if options.run_dir else latest_run_dir(config)
         state = load_checkpoint(run_dir / "checkpoints", map_location=info.device)
         model.load_state_dict(state["model"])
-        if state["meta"]["local_frozen"]:
+        resumed = CheckpointMeta.from_dict(state.get("meta"), run_dir / "checkpoints")
+        if resumed.local_frozen:
             model.freeze_local_denoiser()
-        fine_tuned = state["meta"]["fine_tuned"]
+        fine_tuned = resumed.fine_tuned
         ema = create_ema(model)
         ema.load_state_dict(state["ema"])
         optimizer = build_optimizer(model, config, fine_tuned)
@@ -252,16 +226,16 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
 
     def checkpoint_state(step: int) -> dict:
         rng = all_gather_objects(rng_state(), info)
-        meta = {
-            "model_name": model.name, "input_size": config.data.image_size, "stride": model.stride, "in_channels": model.in_channels,
-            "out_channels": diffusion.model_out_channels, "depth": model.depth, "local_frozen": model.local_denoiser_frozen,
-            "fine_tuned": fine_tuned, "intensity": train_set.mapping.to_dict(), "spacing": list(train_set.spacing),
-            "diffusion": config.diffusion.model_dump(mode="json"),
-        }
+        meta = CheckpointMeta(
+            model_name=model.name, input_size=config.data.image_size, stride=model.stride, in_channels=model.in_channels,
+            out_channels=diffusion.model_out_channels, depth=model.depth, local_frozen=model.local_denoiser_frozen,
+            fine_tuned=fine_tuned, intensity=train_set.mapping.to_dict(), spacing=list(train_set.spacing),
+            diffusion=config.diffusion.model_dump(mode="json"),
+        )
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "epoch": step * tcfg.global_batch_size // len(train_set), "best_val": best_val, "rng": rng,
                 "running_loss": running_loss, "skipped": skipped,
-                "config": config.to_dict(), "meta": meta, "version": __version__}
+                "config": config.to_dict(), "meta": meta.to_dict(), "version": __version__}
 
     batches = iter(loader)
     bad_in_a_row = 0

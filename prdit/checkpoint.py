@@ -1,23 +1,55 @@
-"""Checkpoints: atomic saving, safe loading (``weights_only=True``), retention, and pretrained initialisation.
+"""Checkpoints: atomic saving, safe loading (``weights_only=True``), retention, pretrained initialisation, export.
 
 A checkpoint is a plain dict of tensors and primitives:
-``{model, ema, optimizer, scaler, step, epoch, rng, config, meta, version}``. ``meta`` holds what sampling needs
-without the training config: model name and size, diffusion settings, intensity mapping and voxel spacing.
+``{model, ema, optimizer, step, epoch, best_val, rng, running_loss, skipped, config, meta, version}``. ``meta`` is a
+:class:`CheckpointMeta` stored as a dict: what sampling needs without the training config.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from prdit.errors import CheckpointError
-from prdit.io import atomic_write, atomic_write_text, sha256_file
+from prdit.io import atomic_write, sha256_file
+from prdit.runs import point_latest, resolve_checkpoint
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """What sampling needs from a checkpoint without its training config."""
+
+    model_name: str  # registry name, e.g. PRDiT-B/6/12
+    input_size: int  # voxels per side
+    stride: int  # window stride of the local denoiser
+    in_channels: int
+    out_channels: int
+    depth: int  # global DiT blocks (0: stage 1)
+    local_frozen: bool  # the local denoiser was frozen (stage 2)
+    fine_tuned: list[str]  # parameters loaded from a pretrained checkpoint
+    intensity: dict  # IntensityMapping.to_dict()
+    spacing: list[float]  # (sz, sy, sx) mm of the training volumes
+    diffusion: dict  # DiffusionConfig as JSON
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, meta: dict | None, source: str | os.PathLike) -> CheckpointMeta:
+        """The metadata of a checkpoint's ``meta`` entry; a missing entry or key names ``source``."""
+        if not meta:
+            raise CheckpointError(f"{source}: the checkpoint has no 'meta' entry (model name, size); was it written by prdit?")
+        missing = [f.name for f in fields(cls) if f.name not in meta]
+        if missing:
+            raise CheckpointError(f"{source}: the checkpoint's 'meta' lacks {', '.join(missing)}; was it written by this prdit version?")
+        return cls(**{f.name: meta[f.name] for f in fields(cls)})
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -43,44 +75,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def numbered_runs(pattern: str | os.PathLike) -> list[Path]:
-    """Run folders matching a glob such as ``results/*-PRDiT-B-12-0``, oldest first by their ``NNN-`` number."""
-    pattern = Path(pattern)
-    runs = [p for p in pattern.parent.glob(pattern.name) if p.is_dir()]
-    return sorted(runs, key=lambda p: (int(m.group(1)) if (m := re.match(r"^(\d+)-", p.name)) else -1, p.name))
-
-
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, a run folder (its latest checkpoint) or a run pattern such as ``results/*-PRDiT-B-12-0``
-    (the highest-numbered matching run: stage-2 configs name their stage-1 run this way)."""
-    text = str(path)
-    if any(char in text for char in "*?["):
-        runs = numbered_runs(text)
-        if not runs:
-            raise CheckpointError(f"{text}: no run folder matches; train that stage first or give the checkpoint path")
-        path = runs[-1]
-    path = Path(path)
-    if path.is_dir():
-        path = resolve_latest(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    return path
-
-
-def resolve_latest(folder: str | os.PathLike) -> Path:
-    """The checkpoint a run folder's ``latest`` pointer names (``checkpoints/latest`` or the folder itself)."""
-    folder = Path(folder)
-    for candidate in (folder / "latest", folder / "checkpoints" / "latest"):
-        if candidate.is_file():
-            return candidate.parent / candidate.read_text().strip()
-    raise CheckpointError(f"{folder}: no 'latest' checkpoint pointer in this folder or its checkpoints/ subfolder")
-
-
 def write_checkpoint(state: dict, checkpoint_dir: Path, keep_last: int, is_best: bool = False) -> Path:
     """Save ``step-NNNNNNN.pt``, point ``latest`` at it, copy to ``best.pt`` if best, keep the last ``keep_last``."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = save_checkpoint(state, checkpoint_dir / f"step-{state['step']:07d}.pt")
-    atomic_write_text(checkpoint_dir / "latest", path.name + "\n")
+    point_latest(path)
     if is_best:
         save_checkpoint(state, checkpoint_dir / "best.pt")
     steps = sorted(
@@ -149,7 +148,6 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, weights: st
     return report
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # Exported weights: a small safetensors file for sharing and sampling (no optimizer, no code, no pickle)
 # ----------------------------------------------------------------------------------------------------------
@@ -160,8 +158,6 @@ def export_weights(
     overwrite: bool = False,
 ) -> Path:
     """Write one set of weights of a checkpoint (fp16 by default) + its ``meta`` as a ``.safetensors`` file."""
-    import json
-
     from safetensors.torch import save
 
     source = resolve_checkpoint(checkpoint)
@@ -179,8 +175,6 @@ def export_weights(
 
 def load_exported(path: str | os.PathLike) -> dict:
     """A checkpoint-shaped dict ``{weights: fp32 tensors, meta, step}`` from an exported ``.safetensors`` file."""
-    import json
-
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)

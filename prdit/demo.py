@@ -2,6 +2,7 @@
 
 Everything lands in one folder (default ``results/demo``)::
 
+    report.html           open it in a browser: 3D slice viewers (samples beside real), metrics, training curves
     index.md              pictures and numbers, open it in any Markdown viewer
     data_phantom.png      a training phantom (what the model should learn)
     stage1_loss.png       stage-1 (local denoiser) loss curve of the run just trained
@@ -29,6 +30,7 @@ from prdit.config import Config, load_config
 from prdit.errors import PrditError
 from prdit.evaluation.descriptions import markdown_table
 from prdit.io import atomic_write_bytes, atomic_write_text, load_volume
+from prdit.report import write_report
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "phantom"
 SHIPPED_WEIGHTS = Path(__file__).parent / "assets" / "phantom-32.safetensors"
@@ -124,7 +126,9 @@ def run_demo(
                                       "steps": pipeline.diffusion.default_steps(pipeline.diffusion.default_sampler)}
     atomic_write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "floor": floor, "timings_s": timings}, indent=2, default=_jsonable))
     index = write_index(out_dir, metrics, floor, timings, stage1_run, stage2_run, train_full)
-    print(f"[demo] done: open {index}")
+    report = write_report(out_dir, out_dir / "report.html", real=list(val_paths), overwrite=True)
+    print(f"[demo] wrote {index} (pictures and numbers, for terminals and git hosts)")
+    print(f"[demo] done: open {report} in a browser (3D slice viewer, metrics, training curves)")
     return index
 
 
@@ -141,6 +145,8 @@ def write_index(out_dir: Path, metrics: dict, floor: dict | None, timings: dict,
     source = "the model trained by this run (`--train-full`)" if train_full else f"the shipped `{SHIPPED_WEIGHTS.name}`"
     lines = [
         "# PRDiT demo on phantom chest CT",
+        "",
+        "Open [`report.html`](report.html) in a browser to scroll through the volumes in three planes.",
         "",
         "Procedural chest-CT phantoms (32^3, HU) -> stage 1 (local MLP denoiser, `PRDiT-T/6/0`) -> stage 2 (global "
         "residual DiT, `PRDiT-T/6/2`) -> samples in HU (NIfTI: open them in 3D Slicer) -> metrics.",

@@ -14,6 +14,9 @@ def check_demo_folder(out, expect_shipped: bool) -> dict:
     for picture in ("data_phantom.png", "stage1_loss.png", "stage2_loss.png", "samples_demo_run/samples_grid.png"):
         assert (out / picture).is_file() and picture in index
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    report = (out / "report.html").read_text()
+    assert "report.html" in index and 'id="prdit-volumes"' in report and "Lung fraction" in report
+    assert report.count('class="viewer ') == (3 if expect_shipped else 2)  # each sample set and the real phantoms
     sets = ["samples", "samples_demo_run"] if expect_shipped else ["samples_demo_run"]
     assert list(metrics) == sets
     for name in sets:

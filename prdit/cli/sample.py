@@ -44,6 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-x0", dest="save_x0", action="store_true", help="also write the final x0 prediction (sample_<seed>_x0.nii.gz)")
     parser.add_argument("--list-samplers", dest="list_samplers", action="store_true", help="print the checkpoint's samplers and exit")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--report", action="store_true", help="also write OUTPUT_DIR/report.html: a 3D slice viewer of the volumes")
     parser.set_defaults(func=_run_sample)
 
 
@@ -94,5 +95,10 @@ def _run_sample(args: argparse.Namespace) -> None:
             barrier(info)
             if info.is_main:
                 write_grid(out_dir, pipeline.spacing)
+        if args.report and info.is_main:
+            from prdit.report import write_report
+
+            report = write_report(out_dir, out_dir / "report.html", overwrite=True)
+            print(f"wrote {report} ({report.stat().st_size / 1e6:.1f} MB): open it in a browser")
     finally:
         teardown_distributed()

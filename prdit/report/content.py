@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from prdit.errors import PrditError
 from prdit.data.sources import find_volumes
+from prdit.errors import PrditError
 from prdit.io import load_volume, sha256_file, volume_stem
 
 SAMPLE_GLOB = "sample_*[0-9].nii.gz"  # the sampled volumes, not the optional _raw / _x0 companions
@@ -122,7 +122,7 @@ def is_run(folder: Path) -> bool:
 
 
 def read_run(folder: Path) -> Run:
-    from prdit.train.checkpoint import resolve_latest
+    from prdit.runs import resolve_latest
     from prdit.train.logger import read_log
 
     try:

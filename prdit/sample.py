@@ -59,7 +59,7 @@ class Pipeline:
         shape = (1, self.model.in_channels) + (self.input_size,) * 3
         return torch.randn(shape, generator=generator)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all during sampling (faster than no_grad)
     def sample_model_space(
         self, seeds: list[int], steps: int | None = None, sampler: str | None = None, progress: bool = False,
         return_x0: bool = False,

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from prdit.models.linear import Linear
 from prdit.models.local_denoiser import NORM_EPS, modulate
 from prdit.models.tokens import Grid
 
@@ -54,9 +55,9 @@ class PatchEmbed(nn.Module):
     def __init__(self, token_dim: int, hidden_size: int) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(token_dim, 4 * hidden_size), nn.GELU(approximate="tanh"), nn.Linear(4 * hidden_size, hidden_size)
+            Linear(token_dim, 4 * hidden_size), nn.GELU(approximate="tanh"), Linear(4 * hidden_size, hidden_size)
         )
-        self.skip = nn.Linear(token_dim, hidden_size, bias=False)
+        self.skip = Linear(token_dim, hidden_size, bias=False)
         self.norm = nn.LayerNorm(hidden_size, eps=NORM_EPS)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -71,8 +72,8 @@ class Attention(nn.Module):
         if hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
-        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.qkv = Linear(hidden_size, 3 * hidden_size)
+        self.proj = Linear(hidden_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
@@ -90,11 +91,11 @@ class DiTBlock(nn.Module):
         self.attn = Attention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=NORM_EPS)
         self.mlp = nn.Sequential(
-            nn.Linear(hidden_size, mlp_ratio * hidden_size),
+            Linear(hidden_size, mlp_ratio * hidden_size),
             nn.GELU(approximate="tanh"),
-            nn.Linear(mlp_ratio * hidden_size, hidden_size),
+            Linear(mlp_ratio * hidden_size, hidden_size),
         )
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden_size, 6 * hidden_size))
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(cond).chunk(6, dim=-1)
@@ -108,8 +109,8 @@ class FinalLayer(nn.Module):
     def __init__(self, hidden_size: int, out_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=NORM_EPS)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
-        self.linear = nn.Linear(hidden_size, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(hidden_size, 2 * hidden_size))
+        self.linear = Linear(hidden_size, out_dim)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(cond).chunk(2, dim=-1)

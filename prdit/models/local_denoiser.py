@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from prdit.models.linear import Linear
+
 NORM_EPS = 1e-6
 
 
@@ -32,9 +34,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w12 = Linear(dim, 2 * hidden)
         self.norm = nn.LayerNorm(hidden, eps=NORM_EPS)
-        self.w3 = nn.Linear(hidden, dim)
+        self.w3 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.w12(x).chunk(2, dim=-1)
@@ -51,8 +53,8 @@ class LocalDenoiser(nn.Module):
         self.mlp1 = SwiGLU(token_dim, token_dim)
         self.norm2 = nn.LayerNorm(token_dim, elementwise_affine=False, eps=NORM_EPS)
         self.mlp2 = SwiGLU(token_dim, token_dim)
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(token_dim, 6 * token_dim))
-        self.out = nn.Linear(token_dim, out_dim)
+        self.modulation = nn.Sequential(nn.SiLU(), Linear(token_dim, 6 * token_dim))
+        self.out = Linear(token_dim, out_dim)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from prdit.errors import CheckpointError, ConfigError
 from prdit.models.global_dit import GlobalDiT
+from prdit.models.linear import Linear
 from prdit.models.local_denoiser import LocalDenoiser
 from prdit.models.tokens import extract_tokens, tile_tokens, token_grid
 
@@ -34,7 +35,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_size: int = 256) -> None:
         super().__init__()
         self.frequency_size = frequency_size
-        self.linear = nn.Linear(frequency_size, hidden_size)
+        self.linear = Linear(frequency_size, hidden_size)
         self.act = nn.SiLU()
 
     @staticmethod
@@ -94,10 +95,10 @@ class PRDiT(nn.Module):
         out_dim = out_channels * in_channels * stride**3
 
         self.time_embed = TimestepEmbedder(hidden_size)
-        self.coarse_head = nn.Linear(hidden_size, self.token_dim)
+        self.coarse_head = Linear(hidden_size, self.token_dim)
         self.local_denoiser = LocalDenoiser(self.token_dim, out_dim, grad_checkpoint)
         if depth:
-            self.fine_head = nn.Linear(hidden_size, hidden_size)
+            self.fine_head = Linear(hidden_size, hidden_size)
             self.dit = GlobalDiT(self.token_dim, hidden_size, num_heads, depth, out_dim, grid, grad_checkpoint)
         for layer in self._time_layers():
             nn.init.normal_(layer.weight, std=0.02)

@@ -130,7 +130,7 @@ def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim
     groups = [{"params": fresh, "lr": config.training.lr, "base_lr": config.training.lr}]
     if tuned:
         groups.append({"params": tuned, "lr": fine_lr, "base_lr": fine_lr})
-    fused = next(model.parameters()).device.type == "cuda"
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")  # CPU: 4-10x faster than foreach, no temporaries
     return torch.optim.AdamW(
         groups, betas=tuple(config.training.betas), weight_decay=config.training.weight_decay, fused=fused or None,
         foreach=None if fused else True,

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
-from prdit.diffusion import MixtureDenoiser, create_diffusion
+from prdit.diffusion import create_diffusion
+from prdit.diffusion.testing import MixtureDenoiser
 
 PROBLEMS = {
     "gaussian": ([1.0], [0.3], [0.2]),

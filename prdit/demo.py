@@ -122,8 +122,8 @@ def run_demo(
         fake = [load_volume(p).array for p in sorted((out_dir / folder).glob("sample_*[0-9].nii.gz"))]
         metrics[folder] = timed(f"metrics {folder}", evaluate_sets, [v.array for v in real], fake, spacing=spacing)
         metrics[folder]["weights"] = str(weights)
-        metrics[folder]["sampler"] = {"name": pipeline.diffusion.default_sampler,
-                                      "steps": pipeline.diffusion.default_steps(pipeline.diffusion.default_sampler)}
+        sampler, steps = pipeline.diffusion.resolve()
+        metrics[folder]["sampler"] = {"name": sampler, "steps": steps}
     atomic_write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "floor": floor, "timings_s": timings}, indent=2, default=_jsonable))
     index = write_index(out_dir, metrics, floor, timings, stage1_run, stage2_run, train_full)
     report = write_report(out_dir, out_dir / "report.html", real=list(val_paths), overwrite=True)

@@ -25,7 +25,7 @@ from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, load_checkpoint, load_exported
 from prdit.config import DiffusionConfig
 from prdit.data.intensity import IntensityMapping
-from prdit.diffusion import create_diffusion
+from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import atomic_write_text, load_volume, save_nifti, sha256_file
 from prdit.models import create_model
@@ -42,7 +42,7 @@ class Pipeline:
     """A trained PRDiT with its diffusion process and intensity mapping, ready to sample HU volumes."""
 
     model: torch.nn.Module
-    diffusion: object
+    diffusion: Diffusion
     mapping: IntensityMapping
     spacing: tuple[float, float, float]
     input_size: int
@@ -115,8 +115,7 @@ class Pipeline:
         out_dir = Path(out_dir)
         volumes = np.asarray(volumes.cpu() if isinstance(volumes, torch.Tensor) else volumes)
         seeds = seeds if seeds is not None else list(range(len(volumes)))
-        sampler = sampler or self.diffusion.default_sampler
-        steps = steps or self.diffusion.default_steps(sampler)
+        sampler, steps = self.diffusion.resolve(sampler, steps)
         paths = []
         for seed, volume in zip(seeds, volumes):
             hu = volume[0] if volume.ndim == 4 else volume
@@ -170,8 +169,7 @@ def sample_to_folder(
         probe.unlink()
     except OSError as error:
         raise PrditError(f"{out_dir}: output folder is not writable ({error.strerror}); choose another --output-dir") from None
-    sampler = sampler or pipeline.diffusion.default_sampler
-    steps = steps or pipeline.diffusion.default_steps(sampler)
+    sampler, steps = pipeline.diffusion.resolve(sampler, steps)
     seeds = list(range(seed, seed + num_volumes))[rank::world_size]
     todo = [s for s in seeds if overwrite or not (out_dir / f"{volume_name(s)}.nii.gz").exists()]
     if len(todo) < len(seeds) and rank == 0:

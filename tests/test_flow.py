@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from prdit.diffusion import FlowDiffusion, MixtureDenoiser, create_diffusion
+from prdit.diffusion import FlowDiffusion, create_diffusion
+from prdit.diffusion.testing import MixtureDenoiser
 
 S = 0.3
 

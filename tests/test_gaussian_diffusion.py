@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from prdit.diffusion import IaNDiffusion, MixtureDenoiser, create_diffusion
+from prdit.diffusion import IaNDiffusion, create_diffusion
+from prdit.diffusion.testing import MixtureDenoiser
 from prdit.errors import ConfigError
 
 SIGMA, S, T = 0.5, 0.3, 1000

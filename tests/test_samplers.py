@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 
-from prdit.diffusion import MixtureDenoiser, create_diffusion, samplers
+from prdit.diffusion import create_diffusion, samplers
+from prdit.diffusion.testing import MixtureDenoiser
 from prdit.errors import ConfigError
 
 GAUSSIAN = ([1.0], [0.3], [0.2])
@@ -85,7 +86,7 @@ def test_ian_pc_keeps_the_marginal_variance_through_its_corrector():
     x = math.cos(phis[2]) * x0 + math.sin(phis[2]) * sigma * torch.randn(200_000, generator=torch.Generator().manual_seed(1))
     generator = torch.Generator().manual_seed(2)
     zero_slope = lambda x, phi: (torch.zeros_like(x), torch.zeros_like(x))  # noqa: E731
-    out, _ = samplers.ian_pc(zero_slope, x, phis, sigma, lambda: torch.randn(x.shape, generator=generator))
+    out, _ = samplers.ian_pc(zero_slope, x, phis, lambda: torch.randn(x.shape, generator=generator), sigma)
     expected = math.cos(phis[1]) ** 2 * s**2 + math.sin(phis[1]) ** 2 * sigma**2
     assert abs(out.var().item() / expected - 1) < 0.01
 
@@ -151,7 +152,7 @@ def test_sampler_names_are_checked():
     with pytest.raises(ConfigError, match="ian-euler, ian-pc, ian-2m"):
         ian.sample(model, (1, 1, 2, 2, 2), sampler="flow-heun", progress=False)
     with pytest.raises(ConfigError, match="flow-euler, flow-heun"):
-        flow.default_steps("ian-2m")
+        flow.resolve("ian-2m")
     with pytest.raises(ConfigError, match="valid"):
         create_diffusion(sampler="euler")
 
@@ -159,6 +160,18 @@ def test_sampler_names_are_checked():
 def test_defaults_are_few_step_samplers():
     for diffusion in (create_diffusion(), create_diffusion(process="flow")):
         assert diffusion.default_sampler in diffusion.samplers
-        assert diffusion.network_calls(diffusion.default_sampler, diffusion.default_steps(diffusion.default_sampler)) <= 50
+        assert diffusion.network_calls(*diffusion.resolve()) <= 50
     configured = create_diffusion(sampler="ian-pc", sample_steps=200)
-    assert configured.default_sampler == "ian-pc" and configured.default_steps("ian-euler") == 200
+    assert configured.resolve() == ("ian-pc", 200) and configured.resolve("ian-euler") == ("ian-euler", 200)
+    assert configured.resolve("ian-2m", 7) == ("ian-2m", 7)
+    assert create_diffusion().resolve("ian-euler") == ("ian-euler", 1000)
+
+
+def test_every_sampler_in_the_table_runs_through_one_call():
+    for diffusion in (create_diffusion(), create_diffusion(process="flow")):
+        model = MixtureDenoiser(diffusion, *GAUSSIAN)
+        for name, spec in diffusion.sampler_specs.items():
+            calls = []
+            diffusion.sample(model, (1, 1, 2, 2, 2), sampler=name, steps=3, progress=False, generator=torch.Generator().manual_seed(0),
+                             callback=lambda i, t, x, x0: calls.append(i))
+            assert len(calls) == diffusion.network_calls(name, 3) == spec.calls_per_step * 3

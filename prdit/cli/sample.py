@@ -80,7 +80,7 @@ def _run_sample(args: argparse.Namespace) -> None:
         if args.list_samplers:
             for name in pipeline.diffusion.samplers:
                 default = " (default)" if name == pipeline.diffusion.default_sampler else ""
-                print(f"{name}: {pipeline.diffusion.default_steps(name)} steps by default{default}")
+                print(f"{name}: {pipeline.diffusion.resolve(name)[1]} steps by default{default}")
             return
         if sampler is not None and sampler not in pipeline.diffusion.samplers:
             raise PrditError(f"unknown sampler {sampler!r} for this checkpoint; choose one of {', '.join(pipeline.diffusion.samplers)}")

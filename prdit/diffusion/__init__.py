@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from prdit.config import DiffusionConfig
 from prdit.diffusion.flow import FlowDiffusion
 from prdit.diffusion.gaussian_diffusion import IaNDiffusion
-from prdit.diffusion.samplers import Diffusion, MixtureDenoiser
+from prdit.diffusion.base import Diffusion, SamplerSpec
 from prdit.errors import ConfigError
 
 
@@ -46,4 +46,4 @@ def create_diffusion(config: Any = None, **overrides: Any) -> Diffusion:
     return IaNDiffusion(timesteps=config.timesteps, noise_std=config.noise_std, **options)
 
 
-__all__ = ["create_diffusion", "Diffusion", "IaNDiffusion", "FlowDiffusion", "MixtureDenoiser"]
+__all__ = ["create_diffusion", "Diffusion", "SamplerSpec", "IaNDiffusion", "FlowDiffusion"]

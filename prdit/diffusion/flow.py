@@ -6,11 +6,13 @@ Sampling integrates dx/dt = v from t = 0 (noise) to t = 1 (data).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
 from prdit.diffusion import samplers
-from prdit.diffusion.samplers import Diffusion, Guidance, SamplerSpec
+from prdit.diffusion.base import Diffusion, Guidance, SamplerSpec, unit_times
 from prdit.errors import ConfigError
 
 TIME_SCALE = 1000.0  # the network's timestep for t = 1
@@ -24,8 +26,10 @@ class FlowDiffusion(Diffusion):
     noise_scale = 1.0
     x0_position = 1
     sampler_specs = {
-        "flow-euler": SamplerSpec(default_steps=100),
-        "flow-heun": SamplerSpec(default_steps=25, calls_per_step=2),
+        "flow-euler": SamplerSpec(samplers.flow_euler, default_steps=100),
+        # guided: no correction on the last step, where a guided x0_hat has no finite velocity
+        "flow-heun": SamplerSpec(samplers.flow_heun, default_steps=25, calls_per_step=2,
+                                 guided_fn=partial(samplers.flow_heun, correct_last=False)),
     }
     process_default_sampler = "flow-heun"
 
@@ -38,7 +42,7 @@ class FlowDiffusion(Diffusion):
 
     def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x0 = x0.float()
-        t = TIME_SCALE * samplers.unit_times(x0.shape[0], self.timestep_sampling, generator, x0.device)
+        t = TIME_SCALE * unit_times(x0.shape[0], self.timestep_sampling, generator, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         return F.mse_loss(model(self.q_sample(x0, t, noise), t).float(), x0 - noise)
 
@@ -53,7 +57,7 @@ class FlowDiffusion(Diffusion):
     def network_time(self, t: float) -> float:
         return t * TIME_SCALE
 
-    def predict(self, model, x: torch.Tensor, t: float, guidance: Guidance | None):
+    def predict(self, model, x: torch.Tensor, t: float, guidance: Guidance | None) -> tuple[torch.Tensor, torch.Tensor]:
         v = model(x, torch.full((x.shape[0],), self.network_time(t), device=x.device)).float()
         x0_hat = x + (1 - t) * v
         if guidance is not None:
@@ -62,10 +66,7 @@ class FlowDiffusion(Diffusion):
             x0_hat = guided
         return v, x0_hat
 
-    def run_sampler(self, sampler: str, denoise, x: torch.Tensor, steps: int, draw, guided: bool):
+    def time_grid(self, steps: int) -> list[float]:
         if steps < 1:
             raise ConfigError(f"sample steps must be at least 1, got {steps}")
-        ts = torch.linspace(0, 1, steps + 1, dtype=torch.float64).tolist()
-        if sampler == "flow-heun":
-            return samplers.flow_heun(denoise, x, ts, correct_last=not guided)
-        return samplers.flow_euler(denoise, x, ts)
+        return torch.linspace(0, 1, steps + 1, dtype=torch.float64).tolist()

@@ -9,12 +9,13 @@ from phi = pi/2 (x = sigma z) down to phi = 0.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from prdit.diffusion import samplers
-from prdit.diffusion.samplers import Diffusion, Guidance, SamplerSpec
+from prdit.diffusion.base import Diffusion, Guidance, SamplerSpec, unit_times
 from prdit.errors import ConfigError
 
 
@@ -24,16 +25,16 @@ class IaNDiffusion(Diffusion):
     process = "ian"
     model_out_channels = 2
     x0_position = 0
-    sampler_specs = {
-        "ian-euler": SamplerSpec(default_steps=1000),
-        "ian-pc": SamplerSpec(default_steps=1000),
-        "ian-2m": SamplerSpec(default_steps=50),
-    }
     process_default_sampler = "ian-2m"
 
     def __init__(self, timesteps: int = 1000, noise_std: float = 0.5, **options):
         self.num_timesteps = timesteps
         self.noise_std = self.noise_scale = noise_std
+        self.sampler_specs = {
+            "ian-euler": SamplerSpec(samplers.ian_euler, default_steps=1000),
+            "ian-pc": SamplerSpec(partial(samplers.ian_pc, sigma=noise_std), default_steps=1000),
+            "ian-2m": SamplerSpec(samplers.ian_2m, default_steps=50),
+        }
         super().__init__(**options)
 
     def angle(self, t: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,7 @@ class IaNDiffusion(Diffusion):
 
     def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x0 = x0.float()
-        u = samplers.unit_times(x0.shape[0], self.timestep_sampling, generator, x0.device)
+        u = unit_times(x0.shape[0], self.timestep_sampling, generator, x0.device)
         t = torch.floor(u * self.num_timesteps).clamp(max=self.num_timesteps - 1)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         eps_hat, x0_hat = self.split(model(self.q_sample(x0, t, noise), t))
@@ -75,6 +76,9 @@ class IaNDiffusion(Diffusion):
         # the last trained timestep, whose signal amplitude cos(phi) = pi / (2T) is negligible.
         return float(min(round(phi / (math.pi / 2) * self.num_timesteps), self.num_timesteps - 1))
 
+    def time_grid(self, steps: int) -> list[float]:
+        return self.angles(steps)
+
     def angles(self, steps: int) -> list[float]:
         """The sampling grid: t_i = round(i T / steps) for i = steps .. 0, as angles from pi/2 down to 0.
 
@@ -85,7 +89,7 @@ class IaNDiffusion(Diffusion):
             raise ConfigError(f"sample steps must be between 1 and diffusion.timesteps={self.num_timesteps}, got {steps}")
         return [round(i * self.num_timesteps / steps) / self.num_timesteps * (math.pi / 2) for i in range(steps, -1, -1)]
 
-    def predict(self, model, x: torch.Tensor, phi: float, guidance: Guidance | None):
+    def predict(self, model, x: torch.Tensor, phi: float, guidance: Guidance | None) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.network_time(phi)
         eps_hat, x0_hat = self.split(model(x, torch.full((x.shape[0],), t, device=x.device)))
         if guidance is not None:
@@ -95,9 +99,3 @@ class IaNDiffusion(Diffusion):
             eps_hat = eps_hat + math.cos(phi) / math.sin(phi) * (x0_hat - guided)
             x0_hat = guided
         return x0_hat, eps_hat
-
-    def run_sampler(self, sampler: str, denoise, x: torch.Tensor, steps: int, draw, guided: bool):
-        phis = self.angles(steps)
-        if sampler == "ian-pc":
-            return samplers.ian_pc(denoise, x, phis, self.noise_std, draw)
-        return {"ian-euler": samplers.ian_euler, "ian-2m": samplers.ian_2m}[sampler](denoise, x, phis)

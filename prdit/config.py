@@ -15,8 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prdit.diffusion import create_diffusion
 from prdit.errors import ConfigError
 from prdit.io import atomic_write_text
+from prdit.models.registry import parse_model_name
 
 
 class Section(BaseModel):
@@ -70,14 +72,33 @@ class ModelConfig(Section):
     pretrained_weights: Literal["ema", "model"] = "ema"
     grad_checkpoint: bool = False
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        try:
+            parse_model_name(name)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return name
+
 
 class DiffusionConfig(Section):
-    process: Literal["ian", "flow"] = "ian"
-    timesteps: int = Field(1000, ge=2)
-    noise_std: float = Field(0.5, gt=0)
-    timestep_sampling: str = "uniform"
+    """Checked by the process it names (prdit.diffusion), which owns its settings and its samplers."""
+
+    process: str = Field("ian", description="ian (the paper's image-and-noise process) or flow (rectified flow)")
+    timesteps: int = Field(1000, description="ian: number of training timesteps T")
+    noise_std: float = Field(0.5, description="ian: sigma of the noise")
+    timestep_sampling: str = Field("uniform", description="uniform or stratified")
     sampler: str | None = Field(None, description="default sampler for previews and sampling (None: the process's default)")
-    sample_steps: int | None = Field(None, ge=1)
+    sample_steps: int | None = Field(None, description="default number of sampling steps (None: the sampler's default)")
+
+    @model_validator(mode="after")
+    def _process_accepts(self) -> DiffusionConfig:
+        try:
+            create_diffusion(self)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return self
 
 
 class TrainingConfig(Section):
@@ -193,7 +214,8 @@ def _validation_message(error: ValidationError, source: str) -> str:
     if not first["loc"]:
         return f"{source}: {message}"
     key = ".".join(str(part) for part in first["loc"])
-    return f"{source}: invalid value for '{key}': {message} (got {first.get('input')!r})"
+    got = "" if isinstance(first.get("input"), dict) else f" (got {first.get('input')!r})"  # a whole section: the message names the key
+    return f"{source}: invalid value for '{key}': {message}{got}"
 
 
 def config_from_dict(values: dict, source: str = "config") -> Config:

@@ -101,3 +101,28 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("training: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.name=PRDiT-Q/6/0", r"'model.name'.*no size 'Q'.*did you mean PRDiT-B/6/0"),
+        ("diffusion.sampler=foo", r"'diffusion'.*sampler 'foo'.*ian-euler, ian-pc, ian-2m"),
+        ("diffusion.sampler=ian_pc", r"did you mean 'ian-pc'"),
+        ("diffusion.sampler=ian-2m diffusion.process=flow", r"sampler 'ian-2m' does not exist for the flow process"),
+        ("diffusion.process=ddpm", r"diffusion.process='ddpm' is unknown; valid: ian, flow"),
+        ("diffusion.noise_std=0", r"diffusion.noise_std=0.0 must be positive"),
+    ],
+)
+def test_model_and_sampler_names_are_checked_when_the_config_loads(override, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_config("configs/phantom/local.yaml", override.split())
+    assert "\n" not in str(error.value)
+
+
+def test_the_command_rejects_a_bad_model_name_in_one_line(capsys):
+    from prdit.cli import main
+
+    assert main(["config", "--config", "configs/phantom/local.yaml", "model.name=PRDiT-Q/6/0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prdit: error: ") and err.count("\n") == 1 and "PRDiT-Q/6/0" in err

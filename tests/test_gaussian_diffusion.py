@@ -130,3 +130,11 @@ def test_a_tiny_model_learns(process):
         loss.backward()
         optimizer.step()
     assert evaluation_loss() < 0.85 * before
+
+
+def test_the_process_checks_its_own_settings():
+    for bad, message in (({"timesteps": 1}, "timesteps=1"), ({"sample_steps": 0}, "sample_steps=0"), ({"process": "x"}, "process='x'")):
+        with pytest.raises(ConfigError, match=message):
+            create_diffusion(**bad)
+    with pytest.raises(ConfigError, match="unknown diffusion setting"):
+        create_diffusion(noise=0.3)

@@ -14,36 +14,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
-
-from prdit.config import DiffusionConfig
+from prdit.diffusion.base import Diffusion, SamplerSpec
 from prdit.diffusion.flow import FlowDiffusion
 from prdit.diffusion.gaussian_diffusion import IaNDiffusion
-from prdit.diffusion.base import Diffusion, SamplerSpec
 from prdit.errors import ConfigError
+
+PROCESSES: dict[str, type[Diffusion]] = {"ian": IaNDiffusion, "flow": FlowDiffusion}
+SETTINGS = ("process", "timesteps", "noise_std", "timestep_sampling", "sampler", "sample_steps")
+_IAN_ONLY = ("timesteps", "noise_std")
 
 
 def create_diffusion(config: Any = None, **overrides: Any) -> Diffusion:
-    """The process a ``DiffusionConfig`` (or any object with its fields, e.g. a checkpoint's) describes."""
-    if config is None:
-        values = {}
-    elif isinstance(config, DiffusionConfig):
-        values = config.model_dump()
-    else:
-        values = {key: value for key, value in vars(config).items() if key in DiffusionConfig.model_fields}
+    """The process a ``DiffusionConfig`` (or any object with its fields, e.g. a checkpoint's) describes, with
+    keyword overrides. The process checks its own settings (and sampler name); errors name the key."""
+    values = {} if config is None else {key: value for key, value in vars(config).items() if key in SETTINGS}
+    unknown = sorted(set(overrides) - set(SETTINGS))
+    if unknown:
+        raise ConfigError(f"unknown diffusion setting(s) {', '.join(unknown)}; valid: {', '.join(SETTINGS)}")
     values.update(overrides)
-    try:
-        config = DiffusionConfig(**values)
-    except ValidationError as error:
-        problem = error.errors()[0]
-        key = ".".join(str(part) for part in problem["loc"])
-        raise ConfigError(f"diffusion.{key}: {problem['msg']}") from None
-    options = dict(
-        timestep_sampling=config.timestep_sampling, sampler=config.sampler, sample_steps=config.sample_steps
-    )
-    if config.process == "flow":
-        return FlowDiffusion(**options)
-    return IaNDiffusion(timesteps=config.timesteps, noise_std=config.noise_std, **options)
+    process = values.pop("process", "ian")
+    if process not in PROCESSES:
+        raise ConfigError(f"diffusion.process={process!r} is unknown; valid: {', '.join(PROCESSES)}")
+    if process != "ian":
+        values = {key: value for key, value in values.items() if key not in _IAN_ONLY}
+    return PROCESSES[process](**values)
 
 
-__all__ = ["create_diffusion", "Diffusion", "SamplerSpec", "IaNDiffusion", "FlowDiffusion"]
+__all__ = ["create_diffusion", "Diffusion", "SamplerSpec", "IaNDiffusion", "FlowDiffusion", "PROCESSES"]

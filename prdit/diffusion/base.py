@@ -6,6 +6,7 @@ grid, and a table ``{name: SamplerSpec}``; sampling, the sampler defaults and th
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,8 @@ class Diffusion:
             raise ConfigError(
                 f"diffusion.timestep_sampling={timestep_sampling!r} is unknown; valid: {', '.join(self.timestep_samplings)}"
             )
+        if sample_steps is not None and sample_steps < 1:
+            raise ConfigError(f"diffusion.sample_steps={sample_steps} must be at least 1 (or null: the sampler's default)")
         self.timestep_sampling = timestep_sampling
         self.default_sampler = self.check_sampler(sampler) if sampler else self.process_default_sampler
         self.sample_steps = sample_steps
@@ -85,8 +88,10 @@ class Diffusion:
 
     def check_sampler(self, name: str) -> str:
         if name not in self.sampler_specs:
+            close = difflib.get_close_matches(str(name), self.samplers, n=1, cutoff=0.4)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigError(
-                f"sampler {name!r} does not exist for the {self.process} process; valid: {', '.join(self.samplers)}"
+                f"sampler {name!r} does not exist for the {self.process} process; {hint}valid: {', '.join(self.samplers)}"
             )
         return name
 

@@ -28,6 +28,10 @@ class IaNDiffusion(Diffusion):
     process_default_sampler = "ian-2m"
 
     def __init__(self, timesteps: int = 1000, noise_std: float = 0.5, **options):
+        if timesteps < 2:
+            raise ConfigError(f"diffusion.timesteps={timesteps} must be at least 2")
+        if not noise_std > 0:
+            raise ConfigError(f"diffusion.noise_std={noise_std} must be positive")
         self.num_timesteps = timesteps
         self.noise_std = self.noise_scale = noise_std
         self.sampler_specs = {

@@ -76,7 +76,11 @@ def parse_model_name(name: str) -> ModelSpec:
         raise _unknown(str(name), "not of the form PRDiT-<size>/<patch>/<depth>")
     size, patch, depth = match.group(1).upper(), int(match.group(2)), int(match.group(3))
     if size not in SIZES:
-        raise _unknown(name, f"no size {size!r}")
+        close = difflib.get_close_matches(size, list(SIZES), n=1, cutoff=0.3)
+        raise ConfigError(
+            f"unknown model name {name!r} (no size {size!r}; sizes are {', '.join(SIZES)}); "
+            f"did you mean PRDiT-{close[0] if close else 'B'}/{patch}/{depth}?"
+        )
     if patch < 1:
         raise _unknown(name, "the patch must be >= 1")
     return ModelSpec(size, patch, depth)

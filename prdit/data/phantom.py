@@ -414,27 +414,64 @@ def _body_back(a: ChestAnatomy) -> float:
     return a.cage_b + max(a.muscle_posterior, a.paraspinal[0]) + a.fat
 
 
-def _draw_anatomy(grid: _Grid, a: ChestAnatomy, streams: dict[str, np.random.Generator], with_nodules: bool) -> np.ndarray:
-    """The uint8 label volume, painted from the outside in (later structures overwrite earlier ones)."""
-    shape = grid.shape
-    z, y, x = grid.z, grid.y, grid.x
-    cy = _body_center_y(a)
-    yy, xx = grid.y2 - np.float32(cy), grid.x2  # axial plane, relative to the rib-cage centre
-    labels = np.zeros(shape, dtype=np.uint8)
+@dataclass
+class _Axial:
+    """The frame every organ is drawn in: the grid, the anatomy, and axial-plane coordinates (mm) relative to the
+    rib-cage centre, which sits ``cy`` mm off the field's centre so that body and table fit."""
 
-    # --- Table: a curved cradle (carbon shell around a foam core) under the patient.
-    top = cy + _body_back(a) + a.table_gap - grid.x2**2 / np.float32(2 * a.table_radius)
+    grid: _Grid
+    a: ChestAnatomy
+    cy: float
+    yy: np.ndarray  # [H, W] y - cy
+    xx: np.ndarray  # [H, W] x
+    radius: np.ndarray  # [H, W] distance from the rib-cage centre (never 0)
+    voxel: float  # the finest spacing
+
+    @property
+    def around(self) -> np.ndarray:
+        """0 at the posterior midline, 1 at the anterior midline."""
+        return (1.0 - self.yy / self.radius) / 2.0
+
+
+@dataclass
+class _Body:
+    outline: np.ndarray  # [H, W] inside the skin surface
+    fat: np.ndarray  # [H, W] the subcutaneous fat layer
+    half_width: float
+    under_skin: np.ndarray  # [H, W] mm from the trunk surface inwards, along the ray from the centre
+
+
+@dataclass
+class _Spine:
+    bone: np.ndarray  # [D, H, W]
+    disc: np.ndarray  # [D, H, W]
+    paravertebral: np.ndarray  # [H, W] the column the lungs wrap around
+    body_y: float  # y of the vertebral bodies' centre, relative to the rib-cage centre
+
+
+def _axial_frame(grid: _Grid, a: ChestAnatomy) -> _Axial:
+    cy = _body_center_y(a)
+    yy, xx = grid.y2 - np.float32(cy), grid.x2
+    radius = np.sqrt(xx**2 + yy**2) + np.float32(1e-3)
+    return _Axial(grid, a, cy, yy, xx, radius, float(grid.spacing.min()))
+
+
+def _table(f: _Axial) -> tuple[np.ndarray, np.ndarray]:
+    """A curved cradle under the patient: (carbon shell, foam core) in the axial plane."""
+    grid, a = f.grid, f.a
+    top = f.cy + _body_back(a) + a.table_gap - grid.x2**2 / np.float32(2 * a.table_radius)
     shell = max(2.0, float(grid.spacing[1]))  # at least one voxel, so the shell never breaks up
     table = (grid.y2 >= top) & (grid.y2 <= top + a.table_thickness)
     foam = (grid.y2 >= top + shell) & (grid.y2 <= top + a.table_thickness - shell)
-    labels[:, table] = L["table_shell"]
-    labels[:, foam] = L["table_foam"]
+    return table, foam
 
-    # --- Body: skin, subcutaneous fat, muscle/soft tissue (the same cross-section at every level).
+
+def _body(f: _Axial) -> _Body:
+    """Skin, subcutaneous fat and muscle: the same cross-section at every level, flatter at the back on the table."""
+    a, xx, yy = f.a, f.xx, f.yy
     half_width = a.cage_a + a.muscle_lateral + a.fat
     half_depth = np.where(yy < 0, a.cage_b + a.muscle_anterior + a.fat, a.cage_b + a.muscle_posterior + a.fat).astype(np.float32)
-    square = np.where(yy < 0, a.body_square, min(1.0, a.body_square + 0.2)).astype(np.float32)  # flatter back on the table
-
+    square = np.where(yy < 0, a.body_square, min(1.0, a.body_square + 0.2)).astype(np.float32)
     depth, spread = a.paraspinal
 
     def body_level(inset: float) -> np.ndarray:
@@ -442,21 +479,26 @@ def _draw_anatomy(grid: _Grid, a: ChestAnatomy, streams: dict[str, np.random.Gen
         back = (xx / np.float32(spread - inset)) ** 2 + ((yy - np.float32(a.cage_b - 10.0)) / np.float32(depth + 10.0 + a.fat - inset)) ** 2 <= 1.0
         return trunk | back
 
-    body, fat_inner, skin_inner = body_level(0.0), body_level(a.fat + 1.5), body_level(1.5)
-    labels[:, body] = L["soft_tissue"]
-    labels[:, skin_inner & ~fat_inner] = L["fat"]
-    radius = np.sqrt(xx**2 + yy**2) + np.float32(1e-3)
+    outline, fat_inner, skin_inner = body_level(0.0), body_level(a.fat + 1.5), body_level(1.5)
     trunk_norm = np.sqrt(np.sqrt(_squircle4(xx / np.float32(half_width), yy / half_depth, square)))
-    under_skin = radius / trunk_norm - radius  # mm from the trunk surface inwards, along the ray from the centre
+    return _Body(outline, skin_inner & ~fat_inner, half_width, f.radius / trunk_norm - f.radius)
 
-    # --- Rib-cage coordinates: radial distance (mm) outside the cage surface, which narrows above widest_z.
-    norm = np.sqrt(np.sqrt(_squircle4(xx / np.float32(a.cage_a), yy / np.float32(a.cage_b), np.float32(a.cage_square))))
-    surface_radius = radius / norm  # centre -> unit cage surface along the ray through each voxel
-    t = np.clip((grid.z[:, 0, 0] - a.widest_z) / (a.apex_z - a.widest_z), 0.0, 1.0)
+
+def _outside_cage(f: _Axial) -> np.ndarray:
+    """[D, H, W] radial distance (mm) outside the rib-cage surface, which narrows above ``widest_z``."""
+    a = f.a
+    norm = np.sqrt(np.sqrt(_squircle4(f.xx / np.float32(a.cage_a), f.yy / np.float32(a.cage_b), np.float32(a.cage_square))))
+    surface_radius = f.radius / norm  # centre -> unit cage surface along the ray through each voxel
+    t = np.clip((f.grid.z[:, 0, 0] - a.widest_z) / (a.apex_z - a.widest_z), 0.0, 1.0)
     cage_scale = ((0.45 + 0.6 * np.sqrt(1.0 - t * t)) / 1.05).astype(np.float32)[:, None, None]
-    outside_cage = radius[None] - cage_scale * surface_radius[None]  # [D, H, W] mm, > 0 outside the cavity
+    return f.radius[None] - cage_scale * surface_radius[None]
 
-    # --- Diaphragm domes (right higher), blended across the midline; deeper recesses laterally/posteriorly.
+
+def _diaphragm(f: _Axial) -> np.ndarray:
+    """[H, W] height (z, mm) of the diaphragm: two domes (right higher) blended across the midline, deeper
+    recesses laterally and posteriorly."""
+    a, xx, yy = f.a, f.xx, f.yy
+
     def dome(peak: float, side_x: float) -> np.ndarray:
         lateral = ((xx - np.float32(side_x)) / np.float32(0.6 * a.cage_a)) ** 2
         depth = ((yy + np.float32(0.15 * a.cage_b)) / np.float32(a.cage_b)) ** 2
@@ -464,33 +506,41 @@ def _draw_anatomy(grid: _Grid, a: ChestAnatomy, streams: dict[str, np.random.Gen
 
     blend = np.clip(0.5 + xx / 30.0, 0.0, 1.0)
     diaphragm = (1 - blend) * dome(a.dome_right_z, -0.45 * a.cage_a) + blend * dome(a.dome_left_z, 0.45 * a.cage_a)
-    diaphragm = diaphragm.astype(np.float32)
-    above_diaphragm = z > diaphragm[None]
+    return diaphragm.astype(np.float32)
 
-    # --- Apical domes: each lung rounds off above widest_z around its own centre.
+
+def _pleural_cavity(f: _Axial, outside_cage: np.ndarray, diaphragm: np.ndarray) -> np.ndarray:
+    """Inside the cage, above the diaphragm, and under the apical domes (each lung rounds off above ``widest_z``)."""
+    a, xx, yy, z = f.a, f.xx, f.yy, f.grid.z
     height = a.apex_z - a.widest_z
     up = np.maximum(z - np.float32(a.widest_z), 0.0) / np.float32(height)
-    apex_ok = np.zeros(shape, dtype=bool)
+    apex_ok = np.zeros(f.grid.shape, dtype=bool)
     for side in (-1.0, 1.0):
         across = ((xx - np.float32(side * 0.45 * a.cage_a)) / np.float32(0.6 * a.cage_a)) ** 2 + (yy / np.float32(1.1 * a.cage_b)) ** 2
         apex_ok |= across[None] + up * up <= 1.0
-    cavity = (outside_cage <= 0) & above_diaphragm & apex_ok
+    return (outside_cage <= 0) & (z > diaphragm[None]) & apex_ok
 
-    # --- Heart: a rotated ellipsoid pointing anterior-left-inferior, wrapped in pericardial fat.
+
+def _heart(f: _Axial) -> tuple[np.ndarray, np.ndarray]:
+    """A rotated ellipsoid pointing anterior-left-inferior, and the same grown by the pericardial fat."""
+    a = f.a
     hz, hy, hx = a.heart_center
     cos_yaw, sin_yaw, cos_tilt, sin_tilt = math.cos(a.heart_yaw), math.sin(a.heart_yaw), math.cos(a.heart_tilt), math.sin(a.heart_tilt)
     long_axis = np.array([-sin_tilt, -sin_yaw * cos_tilt, cos_yaw * cos_tilt])  # (z, y, x): down, anterior, left
     second = _unit(np.cross(long_axis, [1.0, 0.0, 0.0]))
     third = np.cross(long_axis, second)
-    dz, dy, dx = z - np.float32(hz), yy[None] - np.float32(hy), xx[None] - np.float32(hx)
+    dz, dy, dx = f.grid.z - np.float32(hz), f.yy[None] - np.float32(hy), f.xx[None] - np.float32(hx)
 
     def heart_level(grow: float) -> np.ndarray:
         axes = zip((long_axis, second, third), a.heart_axes)
         return sum(((dz * np.float32(e[0]) + dy * np.float32(e[1]) + dx * np.float32(e[2])) / np.float32(semi + grow)) ** 2 for e, semi in axes) <= 1.0
 
-    heart, heart_fat = heart_level(0.0), heart_level(a.pericardial_fat)
+    return heart_level(0.0), heart_level(a.pericardial_fat)
 
-    # --- Spine: vertebral bodies separated by discs, canal and posterior arch, transverse and spinous processes.
+
+def _spine(f: _Axial) -> _Spine:
+    """Vertebral bodies separated by discs, canal and posterior arch, transverse and spinous processes."""
+    a, xx, yy, grid = f.a, f.xx, f.yy, f.grid
     ry, rx = a.vertebra_radii
     body_y = a.cage_b - ry - 5.0
     canal_y, canal_r = a.cage_b + 3.0, 8.0
@@ -503,13 +553,18 @@ def _draw_anatomy(grid: _Grid, a: ChestAnatomy, streams: dict[str, np.random.Gen
     processes = ((np.abs(xx) <= 4.0) & (yy >= canal_y) & (yy <= canal_y + 40.0)) | (
         (np.abs(yy - canal_y) <= 4.5) & (np.abs(xx) <= rx + 20.0)
     )
-    spine_bone = (vertebral_body & is_bone_level) | ((arch | processes)[None] & has_arch)
-    disc = vertebral_body & ~is_bone_level
-    paravertebral = (np.abs(xx) <= rx + 8.0) & (yy >= body_y - ry - 4.0)  # the lungs wrap around the spine
+    bone = (vertebral_body & is_bone_level) | ((arch | processes)[None] & has_arch)
+    paravertebral = (np.abs(xx) <= rx + 8.0) & (yy >= body_y - ry - 4.0)
+    return _Spine(bone, vertebral_body & ~is_bone_level, paravertebral, body_y)
 
-    # --- Aorta: ascending in front, arch over the left bronchus, descending left-anterior of the spine.
-    descending = (cy + body_y - 0.8 * ry, rx * 0.9 + a.aorta_radius * 0.8)
-    voxel = float(grid.spacing.min())
+
+def _aorta(f: _Axial, spine: _Spine) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending in front, arching over the left bronchus, descending left-anterior of the spine; and its
+    4 mm margin (mediastinal tissue the lungs keep clear of)."""
+    a, cy = f.a, f.cy
+    ry, rx = a.vertebra_radii
+    hz = a.heart_center[0]
+    descending = (cy + spine.body_y - 0.8 * ry, rx * 0.9 + a.aorta_radius * 0.8)
     aorta_pts, aorta_r = _spline_points(
         [
             (hz + 0.5 * a.heart_axes[2], cy - 0.3 * a.cage_b, 2.0),
@@ -520,101 +575,108 @@ def _draw_anatomy(grid: _Grid, a: ChestAnatomy, streams: dict[str, np.random.Gen
             (-FIELD_OF_VIEW_MM, descending[0] - 5.0, 0.4 * descending[1]),
         ],
         [a.aorta_radius, a.aorta_radius, a.aorta_radius * 0.92, a.aorta_radius * 0.85, a.aorta_radius * 0.8, a.aorta_radius * 0.75],
-        float(_ball_step(a.aorta_radius * 0.75, voxel)),
+        float(_ball_step(a.aorta_radius * 0.75, f.voxel)),
     )
-    aorta = _splat_balls(grid, aorta_pts, aorta_r)
-    aorta_margin = _splat_balls(grid, aorta_pts, aorta_r + 4.0)
+    return _splat_balls(f.grid, aorta_pts, aorta_r), _splat_balls(f.grid, aorta_pts, aorta_r + 4.0)
 
-    # --- Lungs: the cavity minus the mediastinum, heart, aorta and spine.
-    mediastinum = (np.abs(xx) <= a.mediastinum_half_width)[None] | heart_fat | aorta_margin | paravertebral[None]
-    lung = cavity & ~mediastinum
-    labels[lung] = L["lung"]
 
-    # --- Below the diaphragm: liver on the right, an optional gastric air bubble with its fluid level.
-    below = (z < diaphragm[None] - 3.0) & ((outside_cage - 4.0) <= 0) & ~paravertebral[None]
+def _upper_abdomen(f: _Axial, diaphragm: np.ndarray, outside_cage: np.ndarray, spine: _Spine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Below the diaphragm: (liver on the right, stomach, its gas above the air-fluid level of a supine patient);
+    the stomach is empty when the anatomy has no gastric bubble."""
+    a, z, y, x, xx, yy, cy = f.a, f.grid.z, f.grid.y, f.grid.x, f.xx, f.yy, f.cy
+    below = (z < diaphragm[None] - 3.0) & ((outside_cage - 4.0) <= 0) & ~spine.paravertebral[None]
     liver_shape = (((xx + 0.25 * a.cage_a) / (0.85 * a.cage_a)) ** 2 + (yy / (0.95 * a.cage_b)) ** 2)[None] + (
         (z - np.float32(a.dome_right_z - 55.0)) / np.float32(90.0)
     ) ** 2 <= 1.0
-    labels[below & liver_shape] = L["liver"]
+    stomach = gas = np.zeros(f.grid.shape, dtype=bool)
     if a.gastric_bubble:
         center = (a.dome_left_z - 30.0, cy - 0.25 * a.cage_b, 0.5 * a.cage_a)
         stomach = (
             (z - np.float32(center[0])) ** 2 / 30.0**2 + (y - np.float32(center[1])) ** 2 / 35.0**2 + (x - np.float32(center[2])) ** 2 / 35.0**2
         ) <= 1.0
         stomach &= below & ~liver_shape
-        labels[stomach] = L["soft_tissue"]
-        labels[stomach & (z > np.float32(center[0] + 5.0))] = L["gas"]  # air-fluid level: the patient lies supine
+        gas = stomach & (z > np.float32(center[0] + 5.0))
+    return below & liver_shape, stomach, gas
 
-    labels[heart_fat & ~heart & ~lung] = L["fat"]
-    labels[heart] = L["heart"]
-    labels[aorta] = L["vessel"]
-    labels[disc] = L["soft_tissue"]
 
-    # --- Ribs: 12 pairs on the cage surface, descending anteriorly; costal cartilage joins the sternum.
-    around = (1.0 - yy / radius) / 2.0  # 0 at the posterior midline, 1 at the anterior midline
+def _ribs(f: _Axial, outside_cage: np.ndarray, offset: float) -> tuple[np.ndarray, np.ndarray]:
+    """12 pairs on the cage surface (``offset`` mm outside it), descending anteriorly: (bone, costal cartilage)."""
+    a, z = f.a, f.grid.z
+    around = f.around
     rib_height, rib_thickness = a.rib_radii
-    offset = rib_thickness + 2.0  # ribs sit just outside the pleural cavity
     descent = np.float32(a.rib_drop) * around
     number = np.clip(np.rint((a.rib_top_z - descent[None] - z) / a.vertebra_pitch), 0, 11).astype(np.int64)
     rib_dz = z - (np.float32(a.rib_top_z) - number * np.float32(a.vertebra_pitch) - descent[None])
     on_rib = (rib_dz / rib_height) ** 2 + ((outside_cage - offset) / rib_thickness) ** 2 <= 1.0
     bone_end = np.array([0.78] * 7 + [0.74, 0.7, 0.66, 0.5, 0.4], dtype=np.float32)  # floating ribs end early
     cartilage_end = np.array([0.97] * 7 + [0.88, 0.84, 0.8, 0.5, 0.4], dtype=np.float32)
-    rib_bone = on_rib & (around[None] >= 0.07) & (around[None] <= bone_end[number])
-    rib_cartilage = on_rib & (around[None] > bone_end[number]) & (around[None] <= cartilage_end[number])
-    labels[rib_cartilage] = L["cartilage"]
+    bone = on_rib & (around[None] >= 0.07) & (around[None] <= bone_end[number])
+    cartilage = on_rib & (around[None] > bone_end[number]) & (around[None] <= cartilage_end[number])
+    return bone, cartilage
 
-    # --- Sternum: manubrium and body in the anterior midline, between the first and seventh costal cartilages.
-    sternum_top = a.rib_top_z - a.rib_drop - 5.0
-    sternum_bottom = a.rib_top_z - 7 * a.vertebra_pitch - a.rib_drop
-    sternum_half_width = np.where(grid.z[:, 0, 0] > sternum_top - 45.0, 24.0, 14.0).astype(np.float32)[:, None, None]
-    sternum = (
-        (np.abs(xx)[None] <= sternum_half_width)
-        & (yy[None] < 0)
+
+def _sternum_top(a: ChestAnatomy) -> float:
+    return a.rib_top_z - a.rib_drop - 5.0
+
+
+def _sternum(f: _Axial, outside_cage: np.ndarray, offset: float) -> np.ndarray:
+    """Manubrium and body in the anterior midline, between the first and seventh costal cartilages."""
+    a, z, grid = f.a, f.grid.z, f.grid
+    top = _sternum_top(a)
+    bottom = a.rib_top_z - 7 * a.vertebra_pitch - a.rib_drop
+    half_width = np.where(grid.z[:, 0, 0] > top - 45.0, 24.0, 14.0).astype(np.float32)[:, None, None]
+    return (
+        (np.abs(f.xx)[None] <= half_width)
+        & (f.yy[None] < 0)
         & (np.abs(outside_cage - offset) <= 6.0)
-        & (z <= sternum_top)
-        & (z >= sternum_bottom)
+        & (z <= top)
+        & (z >= bottom)
     )
 
-    # --- Shoulder girdle: scapulae on the posterolateral wall (triangular, narrowing downwards), clavicles
-    # from the manubrium out to the shoulders.
+
+def _shoulder_girdle(f: _Axial, body: _Body) -> tuple[np.ndarray, np.ndarray]:
+    """Scapulae on the posterolateral wall (triangular, narrowing downwards), and clavicles from the manubrium
+    out to the shoulders."""
+    a, z, cy, grid = f.a, f.grid.z, f.cy, f.grid
+    around = f.around
     low, high = a.scapula_z
     reach = 0.12 + 0.2 * np.clip((grid.z[:, 0, 0] - low) / (high - low), 0.0, 1.0)
-    plate = (under_skin >= a.fat + 6.0) & (under_skin <= a.fat + 6.0 + max(5.0, voxel)) & (around >= 0.1)
+    plate = (body.under_skin >= a.fat + 6.0) & (body.under_skin <= a.fat + 6.0 + max(5.0, f.voxel)) & (around >= 0.1)
     scapula = plate[None] & (around[None] <= reach.astype(np.float32)[:, None, None]) & (z >= low) & (z <= high)
-    clavicles = np.zeros(shape, dtype=bool)
+    clavicles = np.zeros(grid.shape, dtype=bool)
+    sternum_top = _sternum_top(a)
     for side in (-1.0, 1.0):
         points, point_r = _spline_points(
             [
                 (sternum_top + 5.0, cy - 0.95 * a.cage_b, side * 22.0),
-                (sternum_top + 22.0, cy - 0.8 * a.cage_b, side * 0.55 * half_width),
-                (sternum_top + 28.0, cy - 0.2 * a.cage_b, side * 0.9 * half_width),
+                (sternum_top + 22.0, cy - 0.8 * a.cage_b, side * 0.55 * body.half_width),
+                (sternum_top + 28.0, cy - 0.2 * a.cage_b, side * 0.9 * body.half_width),
             ],
             [a.clavicle_radius] * 3,
-            float(_ball_step(a.clavicle_radius, voxel)),
+            float(_ball_step(a.clavicle_radius, f.voxel)),
         )
         clavicles |= _splat_balls(grid, points, point_r)
+    return scapula, clavicles
 
-    # --- Bone: cortical shell (~1.5 mm, at least one voxel) around cancellous bone.
-    bone = spine_bone | rib_bone | sternum | (scapula & body[None]) | (clavicles & body[None])
-    erosions = max(1, int(round(1.5 / float(grid.spacing.min()))))
-    core = ndimage.binary_erosion(bone, iterations=erosions, border_value=1)
-    labels[bone] = L["cortical"]
-    labels[core] = L["cancellous"]
 
-    # --- Airways: trachea, main bronchi (the right one steeper and shorter) and a branching bronchial tree.
-    min_radius = max(0.7, 0.5 * float(grid.spacing.min()))
-    trachea_y = cy + body_y - ry - a.trachea_radius - 10.0
+def _min_branch_radius(f: _Axial) -> float:
+    return max(0.7, 0.5 * f.voxel)
+
+
+def _airways(f: _Axial, lung: np.ndarray, spine: _Spine, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Trachea, main bronchi (the right one steeper and shorter) and a branching bronchial tree: (lumen, wall)."""
+    a = f.a
+    ry = a.vertebra_radii[0]
+    trachea_y = f.cy + spine.body_y - ry - a.trachea_radius - 10.0
     carina = np.array([a.carina_z, trachea_y, 0.0])
-    in_lung = functools.partial(grid.lookup, lung)
     bronchus_directions = np.array([[-math.cos(0.45), 0.05, -math.sin(0.45)], [-math.cos(0.8), 0.1, math.sin(0.8)]])
     airway_starts, airway_ends, airway_r = _grow_tree(
-        streams["airways"],
+        rng,
         np.stack([carina, carina]),
         bronchus_directions,
         np.array([0.75, 0.68]) * a.trachea_radius,
-        in_lung,
-        min_radius,
+        functools.partial(f.grid.lookup, lung),
+        _min_branch_radius(f),
         length_per_radius=(3.0, 5.0),
         free_generations=2,  # the main bronchi start in the mediastinum
     )
@@ -622,35 +684,83 @@ def _draw_anatomy(grid: _Grid, a: ChestAnatomy, streams: dict[str, np.random.Gen
     airway_starts = np.concatenate([[trachea_top], airway_starts])
     airway_ends = np.concatenate([[carina], airway_ends])
     airway_r = np.concatenate([[a.trachea_radius], airway_r])
-    points, point_r = _sample_segments(airway_starts, airway_ends, airway_r, voxel)
-    lumen = _splat_balls(grid, points, point_r)
-    wall = _splat_balls(grid, points, point_r * 1.2 + 0.6) & ~lumen
-    airway_region = np.isin(labels, [L["lung"], L["soft_tissue"], L["fat"]])
-    labels[wall & (labels == L["lung"])] = L["soft_tissue"]
-    labels[lumen & airway_region] = L["airway"]
+    points, point_r = _sample_segments(airway_starts, airway_ends, airway_r, f.voxel)
+    lumen = _splat_balls(f.grid, points, point_r)
+    wall = _splat_balls(f.grid, points, point_r * 1.2 + 0.6) & ~lumen
+    return lumen, wall
 
-    # --- Pulmonary vessels: arterial trees from each hilum and venous trees from near the left atrium, each
-    # root aimed at a random point of its lung so that the branches fill the whole lung.
-    vessel_rng = streams["vessels"]
+
+def _pulmonary_vessels(f: _Axial, lung: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Arterial trees from each hilum and venous trees from near the left atrium, each root aimed at a random
+    point of its lung so that the branches fill the whole lung."""
+    a, cy, grid = f.a, f.cy, f.grid
+    hz, hy, hx = a.heart_center
     roots, targets = [], []
     for side in (-1.0, 1.0):
         hilum = np.array([a.carina_z - 15.0, cy - 0.05 * a.cage_b, side * (a.mediastinum_half_width + 12.0)])
         atrium = np.array([hz + 10.0, cy + hy + 0.5 * a.heart_axes[1], side * 25.0 + hx * 0.3])
         for origin, count in ((hilum, 7), (atrium, 5)):
-            aims = _points_in_lung(grid, a, lung, vessel_rng, count, side)
+            aims = _points_in_lung(grid, a, lung, rng, count, side)
             roots += [origin] * len(aims)
             targets += list(aims)
     roots_array = np.asarray(roots).reshape(-1, 3)
-    radii = vessel_rng.uniform(4.0, 6.5, size=len(roots_array))
+    radii = rng.uniform(4.0, 6.5, size=len(roots_array))
     vessel_starts, vessel_ends, vessel_r = _grow_tree(
-        vessel_rng, roots_array, np.asarray(targets).reshape(-1, 3) - roots_array, radii, in_lung, min_radius,
-        length_per_radius=(2.5, 4.5), free_generations=1,
+        rng, roots_array, np.asarray(targets).reshape(-1, 3) - roots_array, radii, functools.partial(grid.lookup, lung),
+        _min_branch_radius(f), length_per_radius=(2.5, 4.5), free_generations=1,
     )
-    points, point_r = _sample_segments(vessel_starts, vessel_ends, vessel_r, voxel)
-    vessels = _splat_balls(grid, points, point_r)
+    points, point_r = _sample_segments(vessel_starts, vessel_ends, vessel_r, f.voxel)
+    return _splat_balls(grid, points, point_r)
+
+
+def _draw_anatomy(grid: _Grid, a: ChestAnatomy, streams: dict[str, np.random.Generator], with_nodules: bool) -> np.ndarray:
+    """The uint8 label volume, painted from the outside in (later structures overwrite earlier ones)."""
+    f = _axial_frame(grid, a)
+    labels = np.zeros(grid.shape, dtype=np.uint8)
+    table, foam = _table(f)
+    labels[:, table] = L["table_shell"]
+    labels[:, foam] = L["table_foam"]
+    body = _body(f)
+    labels[:, body.outline] = L["soft_tissue"]
+    labels[:, body.fat] = L["fat"]
+
+    # The lungs fill the pleural cavity up to the mediastinum, heart, aorta and spine.
+    outside_cage, diaphragm = _outside_cage(f), _diaphragm(f)
+    heart, heart_fat = _heart(f)
+    spine = _spine(f)
+    aorta, aorta_margin = _aorta(f, spine)
+    mediastinum = (np.abs(f.xx) <= a.mediastinum_half_width)[None] | heart_fat | aorta_margin | spine.paravertebral[None]
+    lung = _pleural_cavity(f, outside_cage, diaphragm) & ~mediastinum
+    labels[lung] = L["lung"]
+
+    liver, stomach, gas = _upper_abdomen(f, diaphragm, outside_cage, spine)
+    labels[liver] = L["liver"]
+    labels[stomach] = L["soft_tissue"]
+    labels[gas] = L["gas"]
+    labels[heart_fat & ~heart & ~lung] = L["fat"]
+    labels[heart] = L["heart"]
+    labels[aorta] = L["vessel"]
+    labels[spine.disc] = L["soft_tissue"]
+
+    # Bone: cortical shell (~1.5 mm, at least one voxel) around cancellous bone; costal cartilage stays soft.
+    rib_offset = a.rib_radii[1] + 2.0  # ribs sit just outside the pleural cavity
+    rib_bone, rib_cartilage = _ribs(f, outside_cage, rib_offset)
+    labels[rib_cartilage] = L["cartilage"]
+    scapula, clavicles = _shoulder_girdle(f, body)
+    bone = spine.bone | rib_bone | _sternum(f, outside_cage, rib_offset) | (scapula & body.outline[None]) | (clavicles & body.outline[None])
+    erosions = max(1, int(round(1.5 / float(grid.spacing.min()))))
+    core = ndimage.binary_erosion(bone, iterations=erosions, border_value=1)
+    labels[bone] = L["cortical"]
+    labels[core] = L["cancellous"]
+
+    lumen, wall = _airways(f, lung, spine, streams["airways"])
+    airway_region = np.isin(labels, [L["lung"], L["soft_tissue"], L["fat"]])
+    labels[wall & (labels == L["lung"])] = L["soft_tissue"]
+    labels[lumen & airway_region] = L["airway"]
+    vessels = _pulmonary_vessels(f, lung, streams["vessels"])
     labels[vessels & (labels == L["lung"])] = L["vessel"]
 
-    # --- Nodules: 0-4 solid, lobulated nodules of 3-30 mm anywhere in the lungs (juxtapleural ones included).
+    # Nodules: 0-4 solid, lobulated nodules of 3-30 mm anywhere in the lungs (juxtapleural ones included).
     if with_nodules:
         _draw_nodules(grid, a, labels, streams["nodules"])
     return labels

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,8 @@ from tqdm.auto import tqdm
 from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, LoadReport, load_checkpoint, load_pretrained, write_checkpoint
 from prdit.config import Config, config_from_dict, save_config
-from prdit.data.dataset import build_datasets, ensure_phantom_data
-from prdit.diffusion import create_diffusion
+from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_data
+from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import ConfigError, PrditError
 from prdit.models import create_model
 from prdit.runs import latest_run_dir, new_run_dir
@@ -165,22 +166,45 @@ def save_previews(model, diffusion, train_set, run_dir: Path, step: int, count: 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def train(config: Config, options: TrainOptions | None = None) -> Path:
-    """Train one stage; returns the run directory. Works under ``torchrun`` (DDP) and as a single process."""
-    options = options or TrainOptions()
-    if options.debug:
-        config = debug_config(config)
+@dataclass
+class Run:
+    """One training run between steps: what :func:`prepare_run` builds and the loop updates."""
+
+    config: Config
+    info: DistInfo
+    run_dir: Path
+    diffusion: Diffusion
+    model: torch.nn.Module  # the PRDiT itself (checkpoints, EMA)
+    network: torch.nn.Module  # what the loss calls: the model, DDP-wrapped and/or compiled
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_set: VolumeDataset
+    sampler: StepBatchSampler
+    batches: Iterator[torch.Tensor]
+    autocast: AbstractContextManager
+    logger: RunLogger
+    eval_volumes: torch.Tensor
+    fine_tuned: list[str]
+    trainable: list[torch.nn.Parameter]
+    start_step: int = 0
+    best_val: float = math.inf
+    running_loss: float | None = None
+    skipped: int = 0
+    bad_in_a_row: int = 0
+    started: float = field(default_factory=time.perf_counter)  # restarted when the loop starts
+
+
+def prepare_run(config: Config, options: TrainOptions) -> Run:
+    """Data, model, EMA and optimiser, fresh (from a pretrained stage if configured) or resumed, and the run folder."""
     info = setup_distributed(config.training.device)
     seed_everything(config.training.seed + info.rank)
-    tcfg, lcfg = config.training, config.logging
-
+    tcfg = config.training
     if config.data.dataset == "phantom" and info.is_main:
         ensure_phantom_data(config.data, progress=options.progress)
     barrier(info)
     train_set, val_set = build_datasets(config.data, seed=tcfg.seed, progress=options.progress)
     diffusion = create_diffusion(config.diffusion)
     model = build_model(config, diffusion.model_out_channels).to(info.device)
-    micro_batch, accumulation = batch_layout(tcfg.global_batch_size, info.world_size, tcfg.micro_batch_size)
 
     start_step, best_val, report, running_loss, skipped = 0, math.inf, None, None, 0
     if options.resume:
@@ -209,95 +233,125 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
         save_config(config, run_dir / "config.yaml")
         if report:
             print(f"[prdit] initialised from {options.init_from or config.model.pretrained_path}: {report.summary()}")
-    logger = RunLogger(run_dir, info.is_main, lcfg.tensorboard, resume_step=start_step if options.resume else None)
+    logger = RunLogger(run_dir, info.is_main, config.logging.tensorboard, resume_step=start_step if options.resume else None)
 
     network = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
     if tcfg.compile:
         network = torch.compile(network)
     enable_tf32(info.device)
-    autocast = autocast_for(config.training.precision, info.device)
+    micro_batch, _ = batch_layout(tcfg.global_batch_size, info.world_size, tcfg.micro_batch_size)
     sampler = StepBatchSampler(tcfg.global_batch_size, info.rank, info.world_size, micro_batch, start_step, tcfg.total_steps)
     loader = DataLoader(
         StreamDataset(train_set, tcfg.seed), batch_sampler=sampler, num_workers=config.data.num_workers,
         pin_memory=info.device.type == "cuda", persistent_workers=config.data.num_workers > 0,
     )
-    eval_volumes = torch.stack([(val_set or train_set)[i] for i in range(min(4, len(val_set or train_set)))]).to(info.device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    eval_set = val_set or train_set
+    eval_volumes = torch.stack([eval_set[i] for i in range(min(4, len(eval_set)))]).to(info.device)
+    return Run(config, info, run_dir, diffusion, model, network, ema, optimizer, train_set, sampler, iter(loader),
+               autocast_for(tcfg.precision, info.device), logger, eval_volumes, fine_tuned,
+               [p for p in model.parameters() if p.requires_grad], start_step, best_val, running_loss, skipped)
 
-    def checkpoint_state(step: int) -> dict:
-        rng = all_gather_objects(rng_state(), info)
-        meta = CheckpointMeta(
-            model_name=model.name, input_size=config.data.image_size, stride=model.stride, in_channels=model.in_channels,
-            out_channels=diffusion.model_out_channels, depth=model.depth, local_frozen=model.local_denoiser_frozen,
-            fine_tuned=fine_tuned, intensity=train_set.mapping.to_dict(), spacing=list(train_set.spacing),
-            diffusion=config.diffusion.model_dump(mode="json"),
-        )
-        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "epoch": step * tcfg.global_batch_size // len(train_set), "best_val": best_val, "rng": rng,
-                "running_loss": running_loss, "skipped": skipped,
-                "config": config.to_dict(), "meta": meta.to_dict(), "version": __version__}
 
-    batches = iter(loader)
-    bad_in_a_row = 0
-    bar = tqdm(range(start_step, tcfg.total_steps), initial=start_step, total=tcfg.total_steps, disable=not (options.progress and info.is_main),
-               desc=f"train {model.name}", dynamic_ncols=True)
-    started = time.perf_counter()
+def train_step(run: Run, step: int) -> float | None:
+    """One optimiser step (gradient accumulation over micro-batches); returns its loss, or None when the step was
+    skipped because the loss or gradient was non-finite or the loss spiked. Logs either."""
+    tcfg, info = run.config.training, run.info
+    for group in run.optimizer.param_groups:
+        group["lr"] = group["base_lr"] * min(1.0, (step + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else group["base_lr"]
+    offsets = run.sampler.micro_offsets(step)
+    accumulation = len(offsets)
+    loss_sum = torch.zeros((), device=info.device)
+    for micro, offset in enumerate(offsets):
+        x0 = next(run.batches).to(info.device, non_blocking=True)
+        last = micro == accumulation - 1
+        with (run.network.no_sync() if info.enabled and not last else nullcontext()), run.autocast:
+            loss = run.diffusion.training_loss(run.network, x0, generator=noise_generator(tcfg.seed, offset, info.device))
+        (loss / accumulation).backward()
+        loss_sum += loss.detach().float()
+    loss_value = float(all_reduce_mean(loss_sum / accumulation, info))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.trainable, tcfg.grad_clip or math.inf))
+    spike = tcfg.spike_factor > 0 and run.running_loss is not None and step > 100 and loss_value > tcfg.spike_factor * run.running_loss
+    done = step + 1
+    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or spike:
+        run.optimizer.zero_grad(set_to_none=True)
+        run.bad_in_a_row, run.skipped = run.bad_in_a_row + 1, run.skipped + 1
+        run.logger.log({"step": done, "skipped_step": True, "loss": loss_value, "grad_norm": grad_norm, "skipped_total": run.skipped})
+        if run.bad_in_a_row >= tcfg.max_bad_steps:
+            raise PrditError(
+                f"{run.bad_in_a_row} steps in a row had a non-finite or exploding loss (last {loss_value:.4g}); "
+                "lower training.lr, check the data for NaN/extreme values, or set training.precision=fp32"
+            )
+        return None
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    update_ema(run.ema, run.model, ema_decay_at(step, tcfg.ema_decay, tcfg.ema_warmup))
+    run.bad_in_a_row = 0
+    run.running_loss = loss_value if run.running_loss is None else 0.99 * run.running_loss + 0.01 * loss_value
+    if done % run.config.logging.log_every == 0 or done == tcfg.total_steps:
+        elapsed = time.perf_counter() - run.started
+        run.logger.log({"step": done, "loss": loss_value, "grad_norm": grad_norm, "lr": run.optimizer.param_groups[0]["lr"],
+                        "steps_per_s": (done - run.start_step) / elapsed, "skipped_total": run.skipped})
+    return loss_value
+
+
+def checkpoint_state(run: Run, step: int) -> dict:
+    """Everything a resumed run needs to continue exactly (the RNG states of every rank included)."""
+    config, model, tcfg = run.config, run.model, run.config.training
+    rng = all_gather_objects(rng_state(), run.info)
+    meta = CheckpointMeta(
+        model_name=model.name, input_size=config.data.image_size, stride=model.stride, in_channels=model.in_channels,
+        out_channels=run.diffusion.model_out_channels, depth=model.depth, local_frozen=model.local_denoiser_frozen,
+        fine_tuned=run.fine_tuned, intensity=run.train_set.mapping.to_dict(), spacing=list(run.train_set.spacing),
+        diffusion=config.diffusion.model_dump(mode="json"),
+    )
+    return {"model": model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
+            "epoch": step * tcfg.global_batch_size // len(run.train_set), "best_val": run.best_val, "rng": rng,
+            "running_loss": run.running_loss, "skipped": run.skipped,
+            "config": config.to_dict(), "meta": meta.to_dict(), "version": __version__}
+
+
+def maybe_evaluate_and_checkpoint(run: Run, done: int) -> None:
+    """Validation MSE (and stage-2 previews) every ``eval_every`` steps, a checkpoint every ``ckpt_every``, both at the end."""
+    lcfg, tcfg, info = run.config.logging, run.config.training, run.info
+    last = done == tcfg.total_steps
+    is_best = False
+    if done % lcfg.eval_every == 0 or last:
+        val = validation_mse(run.ema, run.diffusion, run.eval_volumes, lcfg.eval_noise_level, tcfg.seed, run.autocast)
+        is_best, run.best_val = val < run.best_val, min(val, run.best_val)
+        run.logger.log({"step": done, "val_mse": val})
+        if info.is_main and run.model.depth > 0 and lcfg.num_preview_samples:
+            save_previews(run.ema, run.diffusion, run.train_set, run.run_dir, done, lcfg.num_preview_samples, info.device, run.autocast)
+    if done % lcfg.ckpt_every == 0 or last:
+        state = checkpoint_state(run, done)
+        if info.is_main:
+            write_checkpoint(state, run.run_dir / "checkpoints", run.config.output.keep_last, is_best=is_best)
+        barrier(info)
+
+
+def train(config: Config, options: TrainOptions | None = None) -> Path:
+    """Train one stage; returns the run directory. Works under ``torchrun`` (DDP) and as a single process."""
+    options = options or TrainOptions()
+    if options.debug:
+        config = debug_config(config)
+    run = prepare_run(config, options)
+    total = config.training.total_steps
+    bar = tqdm(range(run.start_step, total), initial=run.start_step, total=total, disable=not (options.progress and run.info.is_main),
+               desc=f"train {run.model.name}", dynamic_ncols=True)
+    run.started = time.perf_counter()
     try:
         for step in bar:
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * min(1.0, (step + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else group["base_lr"]
-            loss_sum = torch.zeros((), device=info.device)
-            for micro, offset in enumerate(sampler.micro_offsets(step)):
-                x0 = next(batches).to(info.device, non_blocking=True)
-                last = micro == accumulation - 1
-                with (network.no_sync() if info.enabled and not last else nullcontext()), autocast:
-                    loss = diffusion.training_loss(network, x0, generator=noise_generator(tcfg.seed, offset, info.device))
-                (loss / accumulation).backward()
-                loss_sum += loss.detach().float()
-            loss_value = float(all_reduce_mean(loss_sum / accumulation, info))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, tcfg.grad_clip or math.inf))
-            spike = tcfg.spike_factor > 0 and running_loss is not None and step > 100 and loss_value > tcfg.spike_factor * running_loss
-            done = step + 1
-            if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or spike:
-                optimizer.zero_grad(set_to_none=True)
-                bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
-                logger.log({"step": done, "skipped_step": True, "loss": loss_value, "grad_norm": grad_norm, "skipped_total": skipped})
-                if bad_in_a_row >= tcfg.max_bad_steps:
-                    raise PrditError(
-                        f"{bad_in_a_row} steps in a row had a non-finite or exploding loss (last {loss_value:.4g}); "
-                        "lower training.lr, check the data for NaN/extreme values, or set training.precision=fp32"
-                    )
-            else:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                update_ema(ema, model, ema_decay_at(step, tcfg.ema_decay, tcfg.ema_warmup))
-                bad_in_a_row = 0
-                running_loss = loss_value if running_loss is None else 0.99 * running_loss + 0.01 * loss_value
-                bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
-                if done % lcfg.log_every == 0 or done == tcfg.total_steps:
-                    elapsed = time.perf_counter() - started
-                    logger.log({"step": done, "loss": loss_value, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"],
-                                "steps_per_s": (done - start_step) / elapsed, "skipped_total": skipped})
-            is_best = False
-            if done % lcfg.eval_every == 0 or done == tcfg.total_steps:
-                val = validation_mse(ema, diffusion, eval_volumes, lcfg.eval_noise_level, tcfg.seed, autocast)
-                is_best, best_val = val < best_val, min(val, best_val)
-                logger.log({"step": done, "val_mse": val})
-                if info.is_main and model.depth > 0 and lcfg.num_preview_samples:
-                    save_previews(ema, diffusion, train_set, run_dir, done, lcfg.num_preview_samples, info.device, autocast)
-            if done % lcfg.ckpt_every == 0 or done == tcfg.total_steps:
-                state = checkpoint_state(done)
-                if info.is_main:
-                    write_checkpoint(state, run_dir / "checkpoints", config.output.keep_last, is_best=is_best)
-                barrier(info)
+            loss = train_step(run, step)
+            if loss is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            maybe_evaluate_and_checkpoint(run, step + 1)
     except torch.OutOfMemoryError:
         raise PrditError(
-            f"out of memory at batch {micro_batch} per forward on {info.device}: lower training.micro_batch_size "
+            f"out of memory at batch {run.sampler.micro_batch} per forward on {run.info.device}: lower training.micro_batch_size "
             "(the global batch is kept by gradient accumulation), set model.grad_checkpoint=true, or use training.precision=bf16"
         ) from None
     finally:
         bar.close()
-        logger.close()
-    if info.is_main:
-        plot_loss_curve(run_dir / "log.jsonl", run_dir / "loss.png", title=f"{model.name} on {config.data.dataset}")
-    return run_dir
+        run.logger.close()
+    if run.info.is_main:
+        plot_loss_curve(run.run_dir / "log.jsonl", run.run_dir / "loss.png", title=f"{run.model.name} on {config.data.dataset}")
+    return run.run_dir

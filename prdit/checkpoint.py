@@ -165,7 +165,8 @@ def export_weights(
     if weights not in state:
         raise CheckpointError(f"{source}: no '{weights}' weights to export (it has: {', '.join(k for k in ('model', 'ema') if k in state)})")
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state[weights].items()}
-    metadata = {"prdit_meta": json.dumps(state.get("meta", {})), "step": str(state.get("step")), "weights": weights,
+    metadata = {"prdit_meta": json.dumps(state.get("meta", {})), "prdit_config": json.dumps(state.get("config", {})),
+                "step": str(state.get("step")), "weights": weights,
                 "source_sha256": sha256_file(source), "version": str(state.get("version"))}
     out_path = Path(out_path)
     with atomic_write(out_path, "wb", overwrite=overwrite) as handle:
@@ -174,7 +175,7 @@ def export_weights(
 
 
 def load_exported(path: str | os.PathLike) -> dict:
-    """A checkpoint-shaped dict ``{weights: fp32 tensors, meta, step}`` from an exported ``.safetensors`` file."""
+    """A checkpoint-shaped dict ``{<weights>: fp32 tensors, weights, meta, config, step}`` from an exported ``.safetensors`` file."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -189,6 +190,6 @@ def load_exported(path: str | os.PathLike) -> dict:
     if "prdit_meta" not in metadata:
         raise CheckpointError(f"{path}: no prdit metadata inside; export it with `prdit export`")
     weights = metadata.get("weights", "ema")
-    return {weights: {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()},
-            "meta": json.loads(metadata["prdit_meta"]), "step": int(metadata["step"]) if metadata.get("step", "None") != "None" else None}
+    return {weights: {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, "weights": weights,
+            "meta": json.loads(metadata["prdit_meta"]), "config": json.loads(metadata.get("prdit_config", "{}")), "step": int(metadata["step"]) if metadata.get("step", "None") != "None" else None}
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -55,17 +57,39 @@ class CheckpointMeta:
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file, fsync, rename: a crash never leaves a half-written checkpoint."""
     path = Path(path)
-    with atomic_write(path, "wb") as handle:
+    with atomic_write(path, "wb", size=_tensor_bytes(state)) as handle:
         torch.save(state, handle)
     return path
+
+
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in a nested state: about the size of its checkpoint."""
+    if isinstance(value, torch.Tensor):
+        return value.nelement() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint without running any code from it; every failure names the file."""
     path = resolve_checkpoint(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # pickle, zip and EOF errors all mean the same to a user
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing or loading
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):
+            raise CheckpointError(f"{path}: cannot read the checkpoint (not a valid pickle: {str(error)[:200]}); it may be truncated") from None
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        detail = f" (it would import {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: refused for safety: a pickle with code or objects{detail}, and prdit never runs code from a "
+            "checkpoint; use a checkpoint written by prdit, or weights exported with `prdit export` (.safetensors)"
+        ) from None
+    except Exception as error:  # zip and EOF errors all mean the same to a user
         raise CheckpointError(
             f"{path}: cannot read the checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
             "it may be truncated (an interrupted copy?) or not a prdit checkpoint"
@@ -190,6 +214,12 @@ def load_exported(path: str | os.PathLike) -> dict:
     if "prdit_meta" not in metadata:
         raise CheckpointError(f"{path}: no prdit metadata inside; export it with `prdit export`")
     weights = metadata.get("weights", "ema")
+    try:
+        meta = json.loads(metadata["prdit_meta"])
+        config = json.loads(metadata.get("prdit_config", "{}"))
+        step = int(metadata["step"]) if metadata.get("step", "None") != "None" else None
+    except ValueError as error:
+        raise CheckpointError(f"{path}: malformed prdit metadata ({error}); export it again with `prdit export`") from None
     return {weights: {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, "weights": weights,
-            "meta": json.loads(metadata["prdit_meta"]), "config": json.loads(metadata.get("prdit_config", "{}")), "step": int(metadata["step"]) if metadata.get("step", "None") != "None" else None}
+            "meta": meta, "config": config, "step": step}
 

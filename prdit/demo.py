@@ -29,7 +29,7 @@ import numpy as np
 from prdit.config import Config, load_config
 from prdit.errors import PrditError
 from prdit.evaluation.descriptions import markdown_table
-from prdit.io import atomic_write_bytes, atomic_write_text, load_volume
+from prdit.io import atomic_write_bytes, atomic_write_text, ensure_writable, load_volume
 from prdit.report import write_report
 
 CONFIG_DIR = Path(__file__).parent / "configs" / "phantom"
@@ -81,6 +81,7 @@ def run_demo(
     out_dir = Path(out_dir)
     if (out_dir / "index.md").exists() and not overwrite:
         raise PrditError(f"{out_dir} already holds a demo (index.md); pass --overwrite or choose another --out")
+    ensure_writable(out_dir)
     plan = PLANS["quick" if quick else "default"]
     stage1_config, stage2_config = demo_configs(out_dir, None if train_full else plan, device)
     timings: dict[str, float] = {}

@@ -10,18 +10,19 @@ which is what 3D Slicer, ITK-SNAP and nibabel expect.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io as _io
 import os
+import shutil
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
 
 import numpy as np
 
-from prdit.errors import DataError
+from prdit.errors import DataError, StorageError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".npy", ".npz")
 NPZ_VOLUME_KEYS = ("ct", "volume", "image", "arr_0")
@@ -40,35 +41,79 @@ def volume_stem(path: str | os.PathLike) -> str:
     return name[: -len(suffix)] if suffix else Path(name).stem
 
 
+TEMP_PREFIX = ".tmp-"  # atomic writes go through TEMP_PREFIX<id>-<name> in the target's folder
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _megabytes(size: float) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{max(size, 1) / 1e3:.0f} kB"
+
+
+def storage_error(error: BaseException, path: str | os.PathLike, size: int | None = None) -> StorageError | None:
+    """A one-line :class:`StorageError` when ``error`` (or what caused it: torch wraps the OSError of a full disk
+    in a RuntimeError) means the disk is full or ``path`` is not writable; None for any other error."""
+    cause: BaseException | None = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _FULL + _NOT_WRITABLE):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return None
+    assert isinstance(cause, OSError)
+    if cause.errno in _NOT_WRITABLE:
+        return StorageError(f"cannot write {path} ({cause.strerror}); choose a writable location")
+    folder = Path(path).parent
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    needed = f"needed about {_megabytes(size)}, " if size else ""
+    return StorageError(f"no space left on device while writing {path} ({needed}{_megabytes(free)} free); free some space and rerun")
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb", overwrite: bool = True) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", overwrite: bool = True, size: int | None = None) -> Iterator[IO]:
     """Write ``path`` through a temporary file in the same folder, fsync it, then rename it into place.
 
-    A crash or an exception leaves any previous file untouched and no partial file behind.
+    A crash or an exception leaves any previous file untouched and no partial file behind; a full disk or a
+    read-only folder becomes a one-line :class:`StorageError` (``size``: the expected bytes, for its message).
     """
     path = Path(path)
     if not overwrite and path.exists():
         raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except Exception as error:
+        if (storage := storage_error(error, path, size)) is not None:
+            raise storage from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = True) -> None:
-    with atomic_write(path, "wb", overwrite=overwrite) as handle:
+    with atomic_write(path, "wb", overwrite=overwrite, size=len(data)) as handle:
         handle.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def ensure_writable(folder: str | os.PathLike, option: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove a file can be written in it, before any long work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f"{TEMP_PREFIX}probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise StorageError(f"{folder}: output folder is not writable ({error.strerror}); choose another {option}") from None
+    return folder
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -176,10 +221,16 @@ def _to_lps_zyx(image) -> tuple[np.ndarray, np.ndarray]:
     return data.transpose(2, 1, 0), reoriented.affine
 
 
+def _not_3d(path: Path, shape: tuple[int, ...]) -> DataError:
+    return DataError(f"{path} is {len(shape)}D ({'x'.join(map(str, shape)) or 'a scalar'}); a 3D volume is needed")
+
+
 def _validate(array: np.ndarray, path: Path) -> np.ndarray:
     array = np.asarray(array)
     while array.ndim > 3 and array.shape[0] == 1:
         array = array[0]
+    if len(core := tuple(s for s in array.shape if s != 1)) < 3:  # one slice, or less
+        raise _not_3d(path, core)
     if array.ndim != 3:
         raise DataError(f"{path}: expected a 3D volume, got an array of shape {array.shape}")
     if min(array.shape) < 2:
@@ -191,6 +242,13 @@ def _validate(array: np.ndarray, path: Path) -> np.ndarray:
         bad = int((~np.isfinite(array)).sum())
         raise DataError(f"{path}: volume contains {bad} NaN/inf voxels; fix or remove the file")
     return array
+
+
+def _npz_spacing(entry: np.ndarray, path: Path) -> tuple[float, float, float]:
+    values = np.asarray(entry).ravel()
+    if values.size != 3 or not np.issubdtype(values.dtype, np.number) or not (np.isfinite(values) & (values > 0)).all():
+        raise DataError(f"{path}: the 'spacing' entry must be 3 positive numbers (sz, sy, sx) in mm, got {values.tolist()[:6]}")
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
 
 
 def load_volume(path: str | os.PathLike, npz_key: str | None = None) -> Volume:
@@ -212,7 +270,13 @@ def load_volume(path: str | os.PathLike, npz_key: str | None = None) -> Volume:
         if suffix in (".nii", ".nii.gz"):
             import nibabel as nib
 
-            array, affine = _to_lps_zyx(nib.load(str(path)))
+            from nibabel.imageglobals import LoggingOutputSuppressor
+
+            with LoggingOutputSuppressor():  # header repairs are logged to stderr; a bad file raises anyway
+                image = nib.load(str(path))
+                if len(image.shape) < 3:  # nibabel's reorientation would fail with a puzzling OrientationError
+                    raise _not_3d(path, image.shape)
+                array, affine = _to_lps_zyx(image)
             array = _validate(array, path)
             return Volume(array, spacing_from_affine(affine), affine, path)
         if suffix == ".npy":
@@ -228,12 +292,11 @@ def load_volume(path: str | os.PathLike, npz_key: str | None = None) -> Volume:
                     raise DataError(f"{path}: no volume array {wanted} in the .npz (it holds {keys}); pass the key to use")
                 array = archive[key]
                 if "spacing" in keys:
-                    spacing = tuple(float(s) for s in np.asarray(archive["spacing"]).ravel()[:3])  # type: ignore[assignment]
+                    spacing = _npz_spacing(archive["spacing"], path)
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as error:
-        raise DataError(f"{path}: cannot read the file ({type(error).__name__}: {error}); is it truncated or corrupt?") from None
-    except Exception as error:  # nibabel raises its own types for corrupt headers
-        raise DataError(f"{path}: cannot read the file ({type(error).__name__}: {error}); is it truncated or corrupt?") from None
+    except Exception as error:  # numpy, zipfile and nibabel raise many types for corrupt files
+        detail = " ".join(str(error).split())[:300]  # nibabel's messages span lines
+        raise DataError(f"{path}: cannot read the file ({type(error).__name__}: {detail}); is it truncated or corrupt?") from None
     array = _validate(array, path)
     return Volume(array, spacing, nifti_affine(spacing, centered_origin(array.shape, spacing)), path)

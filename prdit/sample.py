@@ -27,7 +27,7 @@ from prdit.config import DiffusionConfig
 from prdit.data.intensity import IntensityMapping
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import CheckpointError, PrditError
-from prdit.io import atomic_write_text, load_volume, save_nifti, sha256_file
+from prdit.io import atomic_write_text, ensure_writable, load_volume, save_nifti, sha256_file
 from prdit.models import create_model
 from prdit.runs import resolve_checkpoint
 from prdit.runtime import autocast_for, resolve_device
@@ -135,18 +135,30 @@ def load_pipeline(
     path = Path(ckpt) if exported else resolve_checkpoint(ckpt)
     state = load_exported(path) if exported else load_checkpoint(path)
     meta = CheckpointMeta.from_dict(state.get("meta"), path)
-    weights = "ema" if use_ema and "ema" in state else "model" if "model" in state else "ema"
+    weights = "ema" if use_ema and state.get("ema") else "model" if state.get("model") else "ema"
+    if not isinstance(state.get(weights), dict):
+        raise CheckpointError(f"{path}: no model weights inside; was it written by prdit?")
     device = resolve_device(device)
-    diffusion = create_diffusion(DiffusionConfig.model_validate(meta.diffusion))
-    model = create_model(meta.model_name, input_size=meta.input_size, in_channels=meta.in_channels,
-                         out_channels=meta.out_channels, stride=meta.stride)
+    try:
+        diffusion = create_diffusion(DiffusionConfig.model_validate(meta.diffusion))
+        model = create_model(meta.model_name, input_size=meta.input_size, in_channels=meta.in_channels,
+                             out_channels=meta.out_channels, stride=meta.stride)
+        mapping = IntensityMapping.from_dict(meta.intensity)
+        spacing = tuple(float(s) for s in meta.spacing)
+        if len(spacing) != 3 or not all(s > 0 for s in spacing):
+            raise ValueError(f"spacing {meta.spacing} is not 3 positive numbers")
+    except PrditError:
+        raise
+    except (KeyError, TypeError, ValueError) as error:  # pydantic's ValidationError is a ValueError
+        detail = str(error).splitlines()[0][:200]
+        raise CheckpointError(f"{path}: malformed prdit metadata ({type(error).__name__}: {detail}); was it written by prdit?") from None
     try:
         model.load_state_dict(state[weights])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit {meta.model_name}: {str(error).splitlines()[1][:300]}") from None
     model.to(device).eval().requires_grad_(False)
     return Pipeline(
-        model=model, diffusion=diffusion, mapping=IntensityMapping.from_dict(meta.intensity), spacing=tuple(meta.spacing),
+        model=model, diffusion=diffusion, mapping=mapping, spacing=spacing,  # type: ignore[arg-type]
         input_size=meta.input_size, device=device, checkpoint=path, checkpoint_sha256=sha256_file(path), weights=weights,
         precision=precision, info={"trained_steps": state.get("step")},
     )
@@ -161,14 +173,7 @@ def sample_to_folder(
 
     With several processes, rank r takes every world_size-th seed. Returns the NIfTI paths this call wrote.
     """
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise PrditError(f"{out_dir}: output folder is not writable ({error.strerror}); choose another --output-dir") from None
+    out_dir = ensure_writable(out_dir, "--output-dir")
     sampler, steps = pipeline.diffusion.resolve(sampler, steps)
     seeds = list(range(seed, seed + num_volumes))[rank::world_size]
     todo = [s for s in seeds if overwrite or not (out_dir / f"{volume_name(s)}.nii.gz").exists()]

@@ -34,7 +34,7 @@ def test_truncated_and_wrong_files_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match=r"d\.npz: cannot read the file.*truncated"):
         read_rad_volume(tmp_path / "d.npz")
     np.savez(tmp_path / "e.npz", ct=np.zeros((8, 8), np.float32))
-    with pytest.raises(DataError, match="expected a 3D volume"):
+    with pytest.raises(DataError, match=r"e\.npz is 2D \(8x8\); a 3D volume is needed"):
         read_rad_volume(tmp_path / "e.npz")
     with pytest.raises(DataError, match=r"\.npz files"):
         read_rad_volume(tmp_path / "f.nii.gz")

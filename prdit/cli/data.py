@@ -59,6 +59,11 @@ def _add_common_arguments(parser: argparse.ArgumentParser, percentile: float) ->
 def _print_summary(summary, out: str, normalize: str) -> None:
     print(f"{summary.ok} volume(s) written, {summary.skipped} skipped, {summary.kept} kept from an earlier run")
     print(f"manifest: {summary.manifest}\nskipped cases and files: {summary.report}")
+    if summary.ok + summary.kept == 0:
+        from prdit.errors import DataError
+
+        more = f" (and {len(summary.reasons) - 3} more)" if len(summary.reasons) > 3 else ""
+        raise DataError(f"no case was converted: {'; '.join(summary.reasons[:3])}{more}; every reason is in {summary.report}")
     hint = " data.intensity=hu data.hu_window=[0,1]" if normalize == "paper" else ""
     print(f"next: prdit data split --manifest {summary.manifest} --val 200 --seed 42, then train with data.root={out}{hint}")
 

@@ -67,6 +67,10 @@ def _output_path(args: argparse.Namespace, default: Path | None = None) -> Path 
     out = Path(args.out) if args.out else default
     if out is not None and out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it (or --out another file)")
+    if out is not None:
+        from prdit.io import ensure_writable
+
+        ensure_writable(out.parent)
     return out
 
 

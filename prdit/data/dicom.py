@@ -303,7 +303,11 @@ def _slice_hu(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read pixel data ({type(error).__name__}: {error}){hint}") from None
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    hu = stored.astype(np.float32) * slope + intercept
+    with np.errstate(over="ignore", invalid="ignore"):
+        hu = stored.astype(np.float64) * slope + intercept
+    if not np.isfinite(hu).all() or np.abs(hu).max(initial=0) > 1e6:
+        raise DataError(f"{path}: RescaleSlope {slope} and RescaleIntercept {intercept} give impossible HU values")
+    hu = hu.astype(np.float32)
     padding = ds.get("PixelPaddingValue")
     if padding is not None:
         hu[stored == int(padding)] = AIR_HU

@@ -31,7 +31,7 @@ from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
 from prdit.errors import PrditError
-from prdit.io import atomic_write_text, save_nifti
+from prdit.io import atomic_write_text, ensure_writable, save_nifti
 
 FIELD_OF_VIEW_MM = 360.0
 MIN_SIZE, MAX_SIZE = 32, 256
@@ -844,8 +844,7 @@ def write_phantom_dataset(
         raise PrditError(f"val_fraction {val_fraction!r} must be in [0, 1)")
     if not isinstance(workers, (int, np.integer)) or workers < 1:
         raise PrditError(f"workers {workers!r} must be a positive integer")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_writable(out_dir)
     seeds = [seed + i for i in range(num)]
     paths = [out_dir / phantom_file_name(s) for s in seeds]
     tasks = [(str(p), int(size), s, spacing_mm, overwrite) for p, s in zip(paths, seeds)]

@@ -44,7 +44,7 @@ from prdit.data.manifest import STATUS_OK, STATUS_SKIPPED, ManifestRow, read_man
 from prdit.data.rad_chestct import RAD_NPZ_KEY, read_rad_volume
 from prdit.data.volume_ops import average_pool, body_center, crop_or_pad, paper_normalize
 from prdit.errors import DataError
-from prdit.io import atomic_write_text, centered_origin, save_nifti, volume_stem
+from prdit.io import atomic_write_text, centered_origin, ensure_writable, save_nifti, volume_stem
 
 VOLUME_DIR = "volumes"
 MANIFEST_NAME = "manifest.csv"
@@ -238,6 +238,7 @@ class RunSummary:
     kept: int  # finished by an earlier run
     manifest: Path
     report: Path
+    reasons: list[str]  # why each case of this run was skipped
 
 
 def _single_threaded_worker() -> None:
@@ -339,7 +340,8 @@ def run_cases(
     _write_report(report_path, entries)
     finished = [rows[c] for c in todo]
     ok = sum(r.status == STATUS_OK for r in finished)
-    return RunSummary(len(todo), ok, len(finished) - ok, len(done), manifest_path, report_path)
+    reasons = [f"{r.case_id}: {r.reason}" for r in finished if r.status != STATUS_OK]
+    return RunSummary(len(todo), ok, len(finished) - ok, len(done), manifest_path, report_path, reasons)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -369,6 +371,10 @@ def discover_dicom(
             results = list(tqdm(pool.map(scan, folders, chunksize=8), **bar))
     headers = [header for found, _ in results for header in found]
     corrupt = [entry for _, bad in results for entry in bad]
+    if not headers and corrupt:
+        named = "; ".join(reason if path in reason else f"{path}: {reason}" for path, reason in corrupt[:3])
+        more = f" (and {len(corrupt) - 3} more)" if len(corrupt) > 3 else ""
+        raise DataError(f"{src}: no readable DICOM file; {len(corrupt)} unreadable: {named}{more}")
     if not headers:
         raise DataError(f"{src}: no DICOM files found under this folder")
     series, rejected = group_series(headers)
@@ -386,6 +392,7 @@ def preprocess_lidc(
     workers: int = 1, overwrite: bool = False, progress: bool = True,
 ) -> RunSummary:
     """LIDC-IDRI (or any DICOM tree) -> canonical NIfTI volumes, manifest and skip report in ``out_dir``."""
+    ensure_writable(out_dir)
     cases, report = discover_dicom(src, workers, options, progress)
     out_dir = Path(out_dir)
     jobs = {case.case_id: (process_dicom_case, (case, out_dir, options)) for case in cases}
@@ -401,6 +408,7 @@ def preprocess_rad(
     src = Path(src)
     if not src.exists():
         raise DataError(f"{src}: source folder not found")
+    ensure_writable(out_dir)
     files = [src] if src.is_file() else sorted(p for p in src.rglob("*.npz") if p.is_file())
     if not files:
         raise DataError(f"{src}: no .npz files found")

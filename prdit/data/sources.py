@@ -9,7 +9,7 @@ from pathlib import Path
 from prdit.config import DataConfig
 from prdit.data.manifest import ok_outputs, split_paths
 from prdit.errors import DataError
-from prdit.io import VOLUME_SUFFIXES, volume_suffix
+from prdit.io import TEMP_PREFIX, VOLUME_SUFFIXES, volume_suffix
 
 
 def find_volumes(root: str | os.PathLike) -> list[Path]:
@@ -31,7 +31,7 @@ def find_volumes(root: str | os.PathLike) -> list[Path]:
         if not paths:
             raise DataError(f"{root}: the list file names no volumes")
         return paths
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and volume_suffix(p) and not p.name.startswith(".tmp-"))
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and volume_suffix(p) and not p.name.startswith(TEMP_PREFIX))
     if not paths:
         raise DataError(
             f"{root}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)}); "

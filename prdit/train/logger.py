@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from prdit.io import atomic_write_bytes
+from prdit.io import atomic_write_bytes, storage_error
 
 
 class RunLogger:
@@ -31,8 +31,12 @@ class RunLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        try:
+            with open(self.path, "a") as handle:
+                handle.write(line)
+        except OSError as error:  # a full disk is a one-line error, not a traceback
+            raise storage_error(error, self.path, len(line)) or error from None
         if self.writer is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):

@@ -23,6 +23,7 @@ from prdit.config import Config, config_from_dict, save_config
 from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_data
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import ConfigError, PrditError
+from prdit.io import ensure_writable
 from prdit.models import create_model
 from prdit.runs import latest_run_dir, new_run_dir
 from prdit.runtime import autocast_for, enable_tf32
@@ -199,6 +200,8 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     info = setup_distributed(config.training.device)
     seed_everything(config.training.seed + info.rank)
     tcfg = config.training
+    if info.is_main:  # before any data is generated or read
+        ensure_writable(config.output.results_dir, "output.results_dir")
     if config.data.dataset == "phantom" and info.is_main:
         ensure_phantom_data(config.data, progress=options.progress)
     barrier(info)

@@ -1,0 +1,282 @@
+"""Faults and bad input, made for real: a full disk, a read-only folder, a NaN volume behind DataLoader workers, a 2D
+NIfTI, unreadable DICOM, a pickle that would run code, ... Each gives one line ``prdit: error: ...`` naming the file
+and the fix, exit status 2, and loses or overwrites nothing. The README's table "Guarantees under faults" lists
+these tests by name.
+
+A full disk and a read-only folder are real tmpfs mounts in a private mount namespace (``unshare -rm``): the
+commands run in one Python process there, which also reports what the mounted folder holds afterwards.
+"""
+
+import errno
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+import prdit.io
+from prdit.cli import main
+from prdit.errors import StorageError
+from prdit.io import atomic_write_bytes, save_nifti
+from prdit.train.checkpoint import load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_MODEL = ROOT / "prdit" / "assets" / "phantom-32.safetensors"
+
+
+def cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``prdit ARGV`` in this process: (exit status, stdout, stderr)."""
+    status = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def assert_one_line_error(status: int, err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert status == 2, err
+    assert len(lines) == 1 and lines[0].startswith("prdit: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def blob_folder(folder: Path, count: int = 8, nan_at: int | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        volume = rng.normal(-500, 100, (16, 16, 16)).astype(np.float32)
+        if i == nan_at:
+            volume[3, 4, 5] = np.nan
+        np.save(folder / f"v{i}.npy", volume)
+    return folder
+
+
+def tiny_config(path: Path, data: Path, results: Path, **data_options) -> Path:
+    options = "".join(f", {k}: {v}" for k, v in data_options.items())
+    path.write_text(
+        f"data: {{dataset: folder, root: {data}, image_size: 16{options}}}\n"
+        "model: {name: PRDiT-T/6/0, stride: 4}\n"
+        "training: {global_batch_size: 2, total_steps: 8, seed: 1}\n"
+        f"output: {{results_dir: {results}}}\n"
+        "logging: {log_every: 1, ckpt_every: 4, eval_every: 4, num_preview_samples: 0, tensorboard: false}\n"
+    )
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Private tmpfs mounts
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _namespaces_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=4k tmpfs /mnt || mount -t tmpfs tmpfs /tmp"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not _namespaces_work(), reason="needs `unshare -rm` (user + mount namespaces) to mount a tmpfs")
+
+_RUNNER = r"""
+import contextlib, io, json, os, sys, traceback
+from pathlib import Path
+from prdit.cli import main
+
+def complete(path):
+    # Does the file read back whole? (a partial write would not)
+    from prdit.io import load_volume
+    from prdit.train.checkpoint import load_checkpoint
+    try:
+        if path.name.endswith(".nii.gz"):
+            load_volume(path)
+        elif path.suffix == ".pt":
+            load_checkpoint(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".png":
+            return path.read_bytes().endswith(b"IEND\xaeB`\x82")
+        return True
+    except Exception:
+        return False
+
+commands, inspect = json.loads(sys.argv[1])
+results = []
+for argv in commands:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(argv)
+        except BaseException:
+            status = "traceback"
+            traceback.print_exc()
+    results.append({"status": status, "out": out.getvalue(), "err": err.getvalue()})
+files = {str(p): {"size": p.stat().st_size, "complete": complete(p)} for p in sorted(Path(inspect).rglob("*")) if p.is_file()}
+print(json.dumps({"results": results, "files": files}))
+"""
+
+
+def run_on_tmpfs(mount: Path, options: str, commands: list[list], cwd: Path) -> tuple[list[dict], dict]:
+    """Mount a fresh tmpfs (``size=64k``, ``ro`` ...) on ``mount`` in a private namespace, run the prdit commands
+    there in one process; returns each command's status/out/err and every file left in the mount with
+    whether it reads back complete."""
+    mount.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps([[[str(a) for a in argv] for argv in commands], str(mount)])
+    script = (f"mount -t tmpfs -o {shlex.quote(options)} tmpfs {shlex.quote(str(mount))} && "
+              f"exec {shlex.quote(sys.executable)} -c {shlex.quote(_RUNNER)} {shlex.quote(payload)}")
+    completed = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return report["results"], report["files"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Row 4: disk full
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_disk_full_in_a_patched_write_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """ENOSPC from the file system, also when torch.save wraps it in a RuntimeError."""
+    target = tmp_path / "step.pt"
+    save_checkpoint({"model": {"w": torch.ones(1000)}}, target)
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.handle, self.written = open(path, mode), 0
+
+        def write(self, data):
+            if self.written + len(data) > 2000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(prdit.io, "open", FullDisk, raising=False)
+    with pytest.raises(StorageError, match=r"no space left on device while writing .*step.pt \(needed about 4 kB, "):
+        save_checkpoint({"model": {"w": torch.zeros(1000)}}, target)
+    with pytest.raises(StorageError, match=r"while writing .*big.bin \(needed about 3.0 MB"):
+        atomic_write_bytes(tmp_path / "big.bin", bytes(3_000_000))
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(target)["model"]["w"], torch.ones(1000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.pt"]
+
+
+@needs_mounts
+def test_disk_full_while_sampling_and_training(tmp_path):
+    disk = tmp_path / "disk"
+    data = blob_folder(tmp_path / "data")
+    config = tiny_config(tmp_path / "tiny.yaml", data, disk / "results")
+    results, files = run_on_tmpfs(disk, "size=160k", [
+        ["train", "--config", config, "--no-progress", "training.total_steps=4"],  # the 10 MB checkpoint does not fit
+        ["sample", "--ckpt", SHIPPED_MODEL, "--output-dir", disk / "samples", "--num-volumes", "6", "--steps", "1",
+         "--no-progress"],  # two of six volumes fit
+    ], cwd=tmp_path)
+    trained, sampled = results
+    assert_one_line_error(sampled["status"], sampled["err"], "no space left on device while writing", str(disk / "samples"))
+    assert_one_line_error(trained["status"], trained["err"], "no space left on device while writing", "step-0000004.pt",
+                          "needed about 10.")
+    assert any(name.endswith(".nii.gz") for name in files)  # some volumes fitted ...
+    assert all(info["complete"] for info in files.values()), files  # ... and no file is partial
+    assert not [name for name in files if Path(name).name.startswith(".tmp-")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Row 5: read-only output, checked before the work starts
+# ----------------------------------------------------------------------------------------------------------
+
+
+@needs_mounts
+def test_read_only_outputs_are_refused_before_any_work(tmp_path):
+    readonly = tmp_path / "readonly"
+    phantoms = tmp_path / "phantoms-not-made"
+    config = tmp_path / "phantom.yaml"
+    config.write_text(f"data: {{dataset: phantom, root: {phantoms}, image_size: 32}}\n"
+                      f"model: {{name: PRDiT-T/6/0, stride: 4}}\noutput: {{results_dir: {readonly / 'results'}}}\n")
+    missing = tmp_path / "not-computed"  # the evaluation would fail on these inputs: refusing first proves the order
+    results, files = run_on_tmpfs(readonly, "ro", [
+        ["train", "--config", config, "--no-progress"],
+        ["data", "phantom", "--num", "2", "--size", "32", "--out", readonly / "phantoms"],
+        ["evaluate", "mmd", "--data_root_real", missing, "--data_root_fake", missing, "--out", readonly / "mmd.json"],
+    ], cwd=tmp_path)
+    for result, folder in zip(results, ["results", "phantoms", ""]):
+        assert_one_line_error(result["status"], result["err"], f"{readonly / folder}".rstrip("/"), "Read-only file system")
+    assert not phantoms.exists() and files == {}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rows 6-10: bad data and checkpoints
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_nan_volume_gives_the_same_line_with_or_without_workers(tmp_path, capsys, workers):
+    data = blob_folder(tmp_path / "data", nan_at=6)
+    config = tiny_config(tmp_path / "tiny.yaml", data, tmp_path / "results", num_workers=workers)
+    status, _, err = cli(["train", "--config", config, "--no-progress"], capsys)
+    assert_one_line_error(status, err)
+    assert err == f"prdit: error: {data / 'v6.npy'}: volume contains 1 NaN/inf voxels; fix or remove the file\n"
+
+
+def test_2d_nifti_is_named_as_2d(tmp_path, capsys):
+    path = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((10, 10), np.int16), np.eye(4)), path)
+    status, _, err = cli(["preview", path], capsys)
+    assert_one_line_error(status, err)
+    assert err == f"prdit: error: {path} is 2D (10x10); a 3D volume is needed\n"
+    np.save(tmp_path / "slice.npy", np.zeros((1, 12, 10), np.float32))
+    assert_one_line_error(*cli(["preview", tmp_path / "slice.npy"], capsys)[::2], "slice.npy is 2D (12x10)")
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_only_corrupt_dicom_files_are_named_with_the_reason(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.dcm").write_bytes(b"\x00" * 200)
+    (src / "b.dcm").write_bytes(b"not dicom at all")
+    status, _, err = cli(["data", "lidc", "--src", src, "--out", tmp_path / "out", "--no-progress"], capsys)
+    assert_one_line_error(status, err, "no readable DICOM file; 2 unreadable:", str(src / "a.dcm"), str(src / "b.dcm"),
+                          "no DICOM header")
+
+
+def test_no_converted_case_exits_non_zero_with_the_reasons(tmp_path, capsys):
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), src / "CT_small.dcm")
+    out = tmp_path / "out"
+    status, printed, err = cli(["data", "lidc", "--src", src, "--out", out, "--min-slices", "1", "--no-progress"], capsys)
+    assert_one_line_error(status, err, "no case was converted:", "fewer than 2 readable slices", str(out / "skipped.csv"))
+    assert "next:" not in printed
+    assert "fewer than 2 readable slices" in (out / "skipped.csv").read_text()
+    assert (out / "manifest.csv").is_file() and not list(out.glob("volumes/*"))
+
+
+def test_pickle_with_code_is_refused_for_safety(tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {shlex.quote(str(marker))}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "ema": RunsCode()}, evil)
+    status, _, err = cli(["sample", "--ckpt", evil, "--output-dir", tmp_path / "out", "--no-progress"], capsys)
+    assert_one_line_error(status, err, f"{evil}: refused for safety: a pickle with code or objects",
+                          f"(it would import {os.system.__module__}.system)")
+    assert "weights_only" not in err and "truncated" not in err
+    assert not marker.exists() and not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import io as _io
 import os
 import shutil
@@ -114,6 +115,15 @@ def ensure_writable(folder: str | os.PathLike, option: str = "--out") -> Path:
     except OSError as error:
         raise StorageError(f"{folder}: output folder is not writable ({error.strerror}); choose another {option}") from None
     return folder
+
+
+def unused_path(path: str | os.PathLike) -> Path:
+    """``path`` when nothing is there, else the first free ``NAME-2.EXT``, ``NAME-3.EXT``, ..."""
+    path = Path(path)
+    suffix = volume_suffix(path) or path.suffix
+    stem = path.name[: len(path.name) - len(suffix)]
+    candidates = (path.with_name(f"{stem}-{n}{suffix}") for n in itertools.count(2))
+    return path if not path.exists() else next(p for p in candidates if not p.exists())
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -280,3 +280,23 @@ def test_pickle_with_code_is_refused_for_safety(tmp_path, capsys):
                           f"(it would import {os.system.__module__}.system)")
     assert "weights_only" not in err and "truncated" not in err
     assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Row 13: preview never overwrites silently
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_preview_keeps_an_existing_png(tmp_path, capsys):
+    volume = save_nifti(tmp_path / "sample_000000.nii.gz", np.random.default_rng(0).normal(-500, 300, (8, 8, 8)))
+    own = tmp_path / "sample_000000.png"
+    own.write_bytes(b"the sample's own preview")
+    status, printed, _ = cli(["preview", volume], capsys)
+    assert status == 0 and printed.strip() == f"wrote {tmp_path / 'sample_000000-2.png'}"
+    assert own.read_bytes() == b"the sample's own preview"
+    assert (tmp_path / "sample_000000-2.png").read_bytes().startswith(b"\x89PNG")
+    status, _, err = cli(["preview", volume, "--out", own], capsys)
+    assert_one_line_error(status, err, f"{own} exists; pass --overwrite")
+    assert own.read_bytes() == b"the sample's own preview"
+    assert cli(["preview", volume, "--overwrite"], capsys)[0] == 0
+    assert own.read_bytes().startswith(b"\x89PNG") and not (tmp_path / "sample_000000-3.png").exists()

@@ -30,6 +30,14 @@ def run_command(func: Callable[[argparse.Namespace], None], args: argparse.Names
     except (PrditError, FileExistsError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk or read-only folder outside prdit's own writes: still one line
+        from prdit.io import storage_error
+
+        storage = storage_error(error, error.filename or "an output file")
+        if storage is None:
+            raise
+        print(f"{prog}: error: {storage}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

@@ -25,7 +25,7 @@ import prdit.io
 from prdit.cli import main
 from prdit.errors import StorageError
 from prdit.io import atomic_write_bytes, save_nifti
-from prdit.train.checkpoint import load_checkpoint, save_checkpoint
+from prdit.checkpoint import load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = ROOT / "prdit" / "assets" / "phantom-32.safetensors"
@@ -92,7 +92,7 @@ from prdit.cli import main
 def complete(path):
     # Does the file read back whole? (a partial write would not)
     from prdit.io import load_volume
-    from prdit.train.checkpoint import load_checkpoint
+    from prdit.checkpoint import load_checkpoint
     try:
         if path.name.endswith(".nii.gz"):
             load_volume(path)

@@ -26,7 +26,7 @@ from prdit.data.rad_chestct import read_rad_volume
 from prdit.errors import PrditError
 from prdit.io import load_volume
 from prdit.sample import load_pipeline
-from prdit.train.checkpoint import export_weights, load_checkpoint, save_checkpoint
+from prdit.checkpoint import CheckpointMeta, export_weights, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS_PER_INPUT = 20  # generous for 2 loaded cores; a hang is minutes
@@ -210,9 +210,10 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from prdit.models import create_model
 
     model = create_model("PRDiT-T/6/0", input_size=12, in_channels=1, out_channels=1, stride=4)
-    meta = {"model_name": "PRDiT-T/6/0", "input_size": 12, "in_channels": 1, "out_channels": 1, "stride": 4,
-            "intensity": {"mode": "hu", "window": [-1000.0, 1000.0], "percentile": 99.5}, "spacing": [1.0, 1.0, 1.0],
-            "diffusion": DiffusionConfig().model_dump(mode="json")}
+    meta = CheckpointMeta(model_name="PRDiT-T/6/0", input_size=12, stride=4, in_channels=1, out_channels=1, depth=0,
+                          local_frozen=False, fine_tuned=[], spacing=[1.0, 1.0, 1.0],
+                          intensity={"mode": "hu", "window": [-1000.0, 1000.0], "percentile": 99.5},
+                          diffusion=DiffusionConfig().model_dump(mode="json")).to_dict()
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     save_checkpoint({"model": model.state_dict(), "ema": model.state_dict(), "step": 1, "meta": meta}, path)
     load_pipeline(path, device="cpu")  # the intact file loads

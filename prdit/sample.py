@@ -16,6 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 import torch
@@ -171,32 +172,112 @@ def sample_to_folder(
 ) -> list[Path]:
     """Sample volumes ``seed .. seed + num_volumes - 1`` into ``out_dir``; existing ones are kept and skipped.
 
-    With several processes, rank r takes every world_size-th seed. Returns the NIfTI paths this call wrote.
+    With several processes, rank r takes every world_size-th seed. Samplers started independently into one folder
+    share the work: each claims a seed with a lock before sampling it (see :func:`claim_seed`). A folder holding
+    samples of another checkpoint or sampling setting is refused. Returns the NIfTI paths this call wrote.
     """
     out_dir = ensure_writable(out_dir, "--output-dir")
     sampler, steps = pipeline.diffusion.resolve(sampler, steps)
     seeds = list(range(seed, seed + num_volumes))[rank::world_size]
-    todo = [s for s in seeds if overwrite or not (out_dir / f"{volume_name(s)}.nii.gz").exists()]
+    check_one_source(out_dir, pipeline.sidecar(seed, sampler, steps), redone=seeds if overwrite else [])
+    started = time.time()
+
+    def done(s: int) -> bool:  # by an earlier run, or (with overwrite) by another sampler since this one started
+        path = out_dir / f"{volume_name(s)}.nii.gz"
+        return path.exists() and (not overwrite or path.stat().st_mtime >= started)
+
+    todo = [s for s in seeds if overwrite or not done(s)]
     if len(todo) < len(seeds) and rank == 0:
         print(f"[prdit] {len(seeds) - len(todo)} volume(s) already in {out_dir}: skipped (pass --overwrite to redo them)")
     written: list[Path] = []
+    by_others = 0
     bar = tqdm(total=len(todo), desc=f"sampling {pipeline.model.name} ({sampler}, {steps} steps)", unit="vol", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        began = time.perf_counter()
-        x, x0 = pipeline.sample_model_space(chunk, steps, sampler, progress=False, return_x0=True)
-        pipeline.info["seconds_per_volume"] = round((time.perf_counter() - began) / len(chunk), 3)
-        hu = pipeline.mapping.to_hu(x.cpu())
-        written += pipeline.save_nifti(hu, out_dir, seeds=chunk, overwrite=overwrite, sampler=sampler, steps=steps)
-        for extra, enabled, suffix in ((x, save_raw, "raw"), (x0, save_x0, "x0")):
-            if enabled:
-                for s, volume in zip(chunk, extra.cpu().numpy()):
-                    save_nifti(out_dir / f"{volume_name(s)}_{suffix}.nii.gz", volume[0], pipeline.spacing, overwrite=True)
-        bar.update(len(chunk))
+    for wait in (False, True):  # seeds another sampler holds: come back for them at the end, in case it stopped
+        held = []
+        pending = iter(todo)
+        while True:
+            claims = {}
+            for s in pending:
+                if (claim := claim_seed(out_dir, s, wait)) is None:
+                    held.append(s)
+                elif done(s):
+                    claim.release()
+                    by_others += 1
+                    bar.update()
+                else:
+                    claims[s] = claim
+                if len(claims) == batch_size:
+                    break
+            if not claims:
+                break
+            chunk = list(claims)
+            began = time.perf_counter()
+            x, x0 = pipeline.sample_model_space(chunk, steps, sampler, progress=False, return_x0=True)
+            pipeline.info["seconds_per_volume"] = round((time.perf_counter() - began) / len(chunk), 3)
+            hu = pipeline.mapping.to_hu(x.cpu())
+            written += pipeline.save_nifti(hu, out_dir, seeds=chunk, overwrite=overwrite, sampler=sampler, steps=steps)
+            for extra, enabled, suffix in ((x, save_raw, "raw"), (x0, save_x0, "x0")):
+                if enabled:
+                    for s, volume in zip(chunk, extra.cpu().numpy()):
+                        save_nifti(out_dir / f"{volume_name(s)}_{suffix}.nii.gz", volume[0], pipeline.spacing, overwrite=True)
+            for claim in claims.values():
+                claim.release()
+            bar.update(len(chunk))
+        todo = held
     bar.close()
+    if by_others:
+        print(f"[prdit] {by_others} volume(s) were sampled by another process writing into {out_dir} at the same time")
     if grid and rank == 0:
         write_grid(out_dir, pipeline.spacing)
     return written
+
+
+# What makes two samples of one folder comparable: the same weights, sampler and number of steps.
+SOURCE_KEYS = ("checkpoint_sha256", "weights", "sampler", "steps")
+
+
+def check_one_source(out_dir: Path, sidecar: dict, redone: Collection[int] = ()) -> None:
+    """Refuse to add samples to a folder whose sidecars name another checkpoint (SHA256), weights, sampler or
+    number of steps, unless this run redoes every such volume (``redone``: the seeds it overwrites)."""
+    for path in sorted(out_dir.glob("sample_*.json")):
+        try:
+            other = json.loads(path.read_text())
+            seed = int(other["seed"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise PrditError(f"{path}: unreadable sample sidecar; remove it (and its volume) or choose another --output-dir") from None
+        differ = [f"{k} {other.get(k)} (here: {sidecar[k]})" for k in SOURCE_KEYS if other.get(k) != sidecar[k]]
+        if differ and seed not in set(redone):
+            raise PrditError(
+                f"{out_dir} holds samples of another model or setting ({path.name}: {', '.join(differ)}); "
+                "one folder must not mix them: choose another --output-dir, or remove those samples"
+            )
+
+
+class SeedClaim:
+    """An exclusive lock on one seed of an output folder (``.sample_<seed>.lock``), so that samplers started
+    independently into one folder never work on the same volume. The kernel drops the lock of a process that
+    dies, so a crash leaves no stale claim."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd = path, fd
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)  # before unlocking: a sampler that opens the file later makes its own
+        os.close(self.fd)
+
+
+def claim_seed(out_dir: Path, seed: int, wait: bool = False) -> SeedClaim | None:
+    """Claim ``seed`` in ``out_dir``; None when another process holds it (``wait``: block until it lets go)."""
+    import fcntl
+
+    path = out_dir / f".{volume_name(seed)}.lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return SeedClaim(path, fd)
 
 
 def write_grid(out_dir: Path, spacing: tuple[float, float, float], limit: int = 16) -> Path | None:

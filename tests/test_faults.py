@@ -300,3 +300,83 @@ def test_preview_keeps_an_existing_png(tmp_path, capsys):
     assert own.read_bytes() == b"the sample's own preview"
     assert cli(["preview", volume, "--overwrite"], capsys)[0] == 0
     assert own.read_bytes().startswith(b"\x89PNG") and not (tmp_path / "sample_000000-3.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rows 3 and 11: one sample folder, one model; samplers running at once share the seeds
+# ----------------------------------------------------------------------------------------------------------
+
+
+def another_model(tmp_path: Path) -> Path:
+    """The shipped phantom model with slightly different weights: another checkpoint, another SHA256."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(SHIPPED_MODEL), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = handle.metadata()
+    path = tmp_path / "other.safetensors"
+    save_file({k: v * 1.01 if v.is_floating_point() else v for k, v in tensors.items()}, str(path), metadata=metadata)
+    return path
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_sample_folder_never_mixes_checkpoints_or_settings(tmp_path, capsys):
+    out = tmp_path / "samples"
+    first = ["sample", "--output-dir", out, "--no-progress", "--ckpt", SHIPPED_MODEL, "--steps", "1"]
+    assert cli([*first, "--num-volumes", "2"], capsys)[0] == 0
+    before = folder_bytes(out)
+    other = ["sample", "--output-dir", out, "--no-progress", "--ckpt", another_model(tmp_path), "--steps", "1"]
+    status, _, err = cli([*other, "--num-volumes", "3"], capsys)
+    assert_one_line_error(status, err, f"{out} holds samples of another model or setting", "checkpoint_sha256",
+                          "choose another --output-dir")
+    status, _, err = cli([*first[:-1], "2", "--num-volumes", "3"], capsys)  # same model, other number of steps
+    assert_one_line_error(status, err, "steps 1 (here: 2)")
+    assert folder_bytes(out) == before
+    assert cli([*other, "--num-volumes", "2", "--overwrite"], capsys)[0] == 0  # every old volume is redone: allowed
+    hashes = {json.loads(p.read_text())["checkpoint_sha256"] for p in out.glob("sample_*.json")}
+    assert len(hashes) == 1 and hashes != {json.loads(before["sample_000000.json"])["checkpoint_sha256"]}
+
+
+def test_samplers_share_seeds_and_reclaim_a_dead_ones_lock(tmp_path, capsys):
+    import threading
+    import time
+
+    from prdit.sample import claim_seed, load_pipeline, sample_to_folder
+
+    pipeline = load_pipeline(SHIPPED_MODEL, device="cpu")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".sample_000000.lock").write_text("")  # left by a killed sampler: nobody holds it any more
+    busy = claim_seed(out, 1)  # another sampler is working on seed 1 right now
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(written=sample_to_folder(pipeline, out, 3, steps=1, progress=False)))
+    worker.start()
+    while not all((out / f"sample_00000{s}.nii.gz").exists() for s in (0, 2)):
+        time.sleep(0.1)
+    assert worker.is_alive()  # waiting for seed 1
+    pipeline.save_nifti(pipeline.sample(1, steps=1, seed=1, progress=False), out, seeds=[1], sampler="ian-pc", steps=1)
+    made_by_the_other = (out / "sample_000001.nii.gz").read_bytes()
+    busy.release()
+    worker.join(timeout=120)
+    assert [p.name for p in result["written"]] == ["sample_000000.nii.gz", "sample_000002.nii.gz"]
+    assert (out / "sample_000001.nii.gz").read_bytes() == made_by_the_other
+    assert "1 volume(s) were sampled by another process" in capsys.readouterr().out
+    assert not list(out.glob(".*.lock"))
+
+
+def test_two_sampler_processes_into_one_folder_both_finish(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "prdit", "sample", "--ckpt", str(SHIPPED_MODEL), "--output-dir", str(out),
+               "--num-volumes", "4", "--steps", "1", "--no-progress"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    finished = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], finished
+    assert not any("Traceback" in err or "error" in err for _, err in finished)
+    wrote = [int(out_text.split("wrote ")[1].split()[0]) for out_text, _ in finished]
+    assert sum(wrote) == 4  # every volume sampled once
+    assert sorted(p.name for p in out.glob("sample_*.nii.gz")) == [f"sample_00000{s}.nii.gz" for s in range(4)]
+    assert not list(out.glob(".*.lock"))

@@ -107,3 +107,17 @@ def test_sample_report_flag_writes_a_report_beside_the_volumes(tiny_run, tmp_pat
                  "--device", "cpu", "--no-progress", "--report"]) == 0
     page = (out / "report.html").read_text()
     assert page.count('class="viewer ') == 1 and "sample_000000" in page
+
+
+def test_volume_report_shows_named_rows_of_any_size(tiny_run, tmp_path):
+    from prdit.io import save_nifti
+    from prdit.report import write_volume_report
+
+    small = tmp_path / "measurement.nii.gz"
+    save_nifti(small, np.full((16, 16, 16), -500, dtype=np.int16), (22.5, 22.5, 22.5), dtype=np.int16)
+    truth = sorted(tiny_run["data"].glob("*.nii.gz"))[:1]
+    page = write_volume_report(tmp_path / "r.html", {"measurement": [small], "restored": [tiny_run["samples"] / "sample_000000.nii.gz"],
+                                                     "truth": truth}, title="restore", real="truth").read_text()
+    assert page.count('class="viewer generated"') == 2 and page.count('class="viewer real"') == 1
+    payload = json.loads(re.search(r'<script type="application/json" id="prdit-volumes">(.*?)</script>', page).group(1))
+    assert [v["shape"] for v in payload["volumes"]] == [[16, 16, 16], [32, 32, 32], [32, 32, 32]]

@@ -73,12 +73,12 @@ def test_report_in_a_real_browser(browser, tiny_run, tmp_path):
     axial = generated.find_element(By.CSS_SELECTOR, '.pane[data-plane="axial"]')
     canvas, slider = axial.find_element(By.TAG_NAME, "canvas"), axial.find_element(By.TAG_NAME, "input")
     position = axial.find_element(By.CLASS_NAME, "position")
-    assert position.text.startswith("z 17 / 32")  # the central slice of a 32^3 volume
+    assert position.text.startswith("z = 16 (0–31)")  # the central slice of a 32^3 volume
 
     # the slider, moved with the keyboard as a person would, shows another slice (and the real row follows)
     before = canvas_pixels(browser, canvas)
     slider.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
-    assert position.text.startswith("z 20 / 32")
+    assert position.text.startswith("z = 19 (0–31)")
     assert canvas_pixels(browser, canvas) != before
     real_slider = real.find_element(By.CSS_SELECTOR, '.pane[data-plane="axial"] input')
     assert real_slider.get_attribute("value") == slider.get_attribute("value") == "19"
@@ -87,7 +87,7 @@ def test_report_in_a_real_browser(browser, tiny_run, tmp_path):
     coronal = generated.find_element(By.CSS_SELECTOR, '.pane[data-plane="coronal"]')
     ActionChains(browser).move_to_element(coronal.find_element(By.TAG_NAME, "canvas")).perform()
     browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_DOWN)
-    assert coronal.find_element(By.CLASS_NAME, "position").text.startswith("y 16 / 32")
+    assert coronal.find_element(By.CLASS_NAME, "position").text.startswith("y = 15 (0–31)")
 
     # the HU under the cursor is the volume's own value at the voxel it names
     ActionChains(browser).move_to_element_with_offset(canvas, 17, -23).perform()

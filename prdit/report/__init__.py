@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prdit.io import atomic_write_text
-from prdit.report.content import SAMPLE_GLOB, ReportContent, collect
+from prdit.data.sources import find_volumes
+from prdit.io import atomic_write_text, load_volume
+from prdit.report.content import SAMPLE_GLOB, ReportContent, VolumeSet, collect, report_volume
 
-__all__ = ["ReportContent", "collect", "write_html", "write_report"]
+__all__ = ["ReportContent", "collect", "write_html", "write_report", "write_volume_report"]
 
 
 def write_html(content: ReportContent, out: str | os.PathLike, overwrite: bool = True) -> Path:
@@ -47,9 +48,25 @@ def write_report(
     if real is not None and metrics and not content.metrics:
         from prdit.evaluation import evaluate_floor, evaluate_sets
 
+        real_files = list(real) if isinstance(real, (list, tuple)) else find_volumes(real)
+        spacing = tuple(load_volume(real_files[0]).spacing)
         for volume_set in content.sets:
             if volume_set.kind == "generated":
                 fake = sorted(Path(volume_set.source).glob(SAMPLE_GLOB))
-                content.metrics[volume_set.key] = evaluate_sets(real, fake)
-        content.floor = evaluate_floor(real)
+                content.metrics[volume_set.key] = evaluate_sets(real_files, fake, spacing=spacing)
+        content.floor = evaluate_floor(real_files, spacing=spacing)
+    return write_html(content, out, overwrite=overwrite)
+
+
+def write_volume_report(
+    out: str | os.PathLike, sets: dict[str, list[str | os.PathLike]], title: str, real: str | None = None,
+    notes: list[str] | None = None, max_side: int = 64, overwrite: bool = True,
+) -> Path:
+    """A report of named lists of volume files, one viewer row each (e.g. ``{"measurement": [...], "restored": [...],
+    "truth": [...]}``); the set named ``real`` is drawn as real data. Rows of different sizes stay linked by
+    relative position."""
+    content = ReportContent(title, notes=list(notes or []))
+    for key, paths in sets.items():
+        volumes = [report_volume(Path(p), max_side) for p in paths]
+        content.sets.append(VolumeSet(key, key, "real" if key == real else "generated", volumes))
     return write_html(content, out, overwrite=overwrite)

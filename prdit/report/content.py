@@ -112,9 +112,9 @@ def real_set(source: str | Path | list[Path], max_volumes: int, max_side: int) -
     """Real volumes from a folder, a list file or a list of paths."""
     listed = isinstance(source, (list, tuple))
     paths = (list(source) if listed else find_volumes(source))[:max_volumes]
-    volumes = [report_volume(Path(p), max_side, "real") for p in paths]
-    label = "held-out volumes" if listed else Path(source).name
-    return VolumeSet("real", f"real · {label}", "real", volumes, "" if listed else str(source))
+    volumes = [report_volume(Path(p), max_side) for p in paths]
+    name = "held-out volumes" if listed else Path(source).name
+    return VolumeSet("real", "real" if name == "real" else f"real · {name}", "real", volumes, "" if listed else str(source))
 
 
 def is_run(folder: Path) -> bool:

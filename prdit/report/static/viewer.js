@@ -186,7 +186,7 @@
         if (state.crosshair) this.drawCrosshair(context, plane, g, canvas);
         slider.value = String(index);
         const mm = (index * this.volume.spacing["zyx".indexOf(AXIS[plane])]).toFixed(1);
-        label.textContent = `${AXIS[plane]} ${index + 1} / ${g.depth} · ${mm} mm`;
+        label.textContent = `${AXIS[plane]} = ${index} (0–${g.depth - 1}) · ${mm} mm`;
       }
     }
 

@@ -37,6 +37,9 @@ def _run_report(args: argparse.Namespace) -> None:
     if args.max_volumes < 1 or args.max_side < 8:
         raise PrditError("--max-volumes must be at least 1 and --max-side at least 8")
     out = Path(args.out) if args.out else Path(args.source) / "report.html"
+    if args.real and args.metrics and not (Path(args.source) / "metrics.json").is_file():
+        print(f"[report] evaluating the samples against {args.real} and the real-vs-real floor "
+              "(features, MS-SSIM, HU statistics; --no-metrics skips this) ...", flush=True)
     report = write_report(args.source, out, real=args.real, metrics=args.metrics, max_volumes=args.max_volumes,
                           max_side=args.max_side, title=args.title, overwrite=args.overwrite)
     print(f"wrote {report} ({report.stat().st_size / 1e6:.1f} MB): open it in a browser")

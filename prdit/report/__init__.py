@@ -13,6 +13,7 @@ plots (SVG) are inside the file.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from prdit.data.sources import find_volumes
@@ -37,9 +38,9 @@ def write_report(
 ) -> Path:
     """Write the report of a run, sample or demo folder to ``out``; returns its path.
 
-    With ``real`` (a folder, a list file or a list of paths of real volumes) the real volumes are shown beside the generated ones and,
-    when ``source`` has no ``metrics.json`` and ``metrics`` is true, every generated set is evaluated against them
-    (with the real-vs-real floor). At most ``max_volumes`` volumes per set are embedded, each block-averaged to at
+    With ``real`` (a folder, a list file or a list of paths of real volumes) the real volumes are shown beside the
+    generated ones and, when ``source`` has no ``metrics.json`` and ``metrics`` is true, every generated set is
+    evaluated against them (with the real-vs-real floor). At most ``max_volumes`` volumes per set are embedded, each block-averaged to at
     most ``max_side`` voxels per side.
     """
     if Path(out).exists() and not overwrite:
@@ -50,11 +51,13 @@ def write_report(
 
         real_files = list(real) if isinstance(real, (list, tuple)) else find_volumes(real)
         spacing = tuple(load_volume(real_files[0]).spacing)
-        for volume_set in content.sets:
-            if volume_set.kind == "generated":
-                fake = sorted(Path(volume_set.source).glob(SAMPLE_GLOB))
-                content.metrics[volume_set.key] = evaluate_sets(real_files, fake, spacing=spacing)
-        content.floor = evaluate_floor(real_files, spacing=spacing)
+        with warnings.catch_warnings():  # small-N warnings are shown in the report, beside the numbers
+            warnings.simplefilter("ignore", UserWarning)
+            for volume_set in content.sets:
+                if volume_set.kind == "generated":
+                    fake = sorted(Path(volume_set.source).glob(SAMPLE_GLOB))
+                    content.metrics[volume_set.key] = evaluate_sets(real_files, fake, spacing=spacing)
+            content.floor = evaluate_floor(real_files, spacing=spacing)
     return write_html(content, out, overwrite=overwrite)
 
 

@@ -69,7 +69,10 @@ class ModelConfig(Section):
     stride: int | None = Field(None, ge=1, description="output block edge S (default 8; required for small patches)")
     in_channels: int = Field(1, ge=1)
     pretrained_path: str | None = Field(None, description="stage-1 (or lower-resolution) checkpoint to start from")
-    pretrained_weights: Literal["ema", "model"] = "ema"
+    pretrained_weights: Literal["ema", "model"] = Field(
+        "ema", description="which stage-1 weights stage 2 loads: ema (smoothed) or model (raw, the paper's code)"
+    )
+    init_gain: float = Field(0.1, gt=0, description="xavier gain of the global DiT's linear layers (paper: 0.1)")
     grad_checkpoint: bool = False
 
     @field_validator("name")

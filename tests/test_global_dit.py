@@ -46,7 +46,7 @@ def test_position_code_tells_every_token_apart():
 def test_patch_embed_is_mlp_plus_skip_then_layernorm():
     embed = randomise(PatchEmbed(TOKEN_DIM, HIDDEN))
     x = torch.randn(2, 3, TOKEN_DIM)
-    expected = nn.functional.layer_norm(embed.mlp(x) + x @ embed.skip.weight.T, (HIDDEN,), embed.norm.weight, embed.norm.bias, 1e-6)
+    expected = nn.functional.layer_norm(embed.mlp(x) + x @ embed.skip.weight.T, (HIDDEN,), embed.norm.weight, embed.norm.bias, 1e-5)
     torch.testing.assert_close(embed(x), expected)
     assert embed.skip.bias is None
 
@@ -116,3 +116,15 @@ def test_runs_under_cpu_bf16_autocast():
     full = dit(tokens, cond, (2, 2, 2))
     assert torch.isfinite(low).all()
     assert (low.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
+@pytest.mark.parametrize("gain", [0.1, 1.0])
+def test_linear_layers_start_at_the_xavier_scale_of_their_gain(gain):
+    # The paper's stage 2 re-initialises every Linear with xavier gain 0.1: std = gain * sqrt(2 / (fan_in + fan_out)).
+    torch.manual_seed(0)
+    dit = GlobalDiT(216, 192, 6, 2, 128, (2, 2, 2), init_gain=gain)
+    for layer in (dit.blocks[0].attn.qkv, dit.blocks[1].mlp[0], dit.patch_embed.mlp[2]):
+        fan_out, fan_in = layer.weight.shape
+        assert layer.weight.std().item() == pytest.approx(gain * math.sqrt(2 / (fan_in + fan_out)), rel=0.05)
+    fan_out, fan_in = dit.patch_embed.skip.weight.shape  # the skip is 0.1 whatever the gain
+    assert dit.patch_embed.skip.weight.std().item() == pytest.approx(0.1 * math.sqrt(2 / (fan_in + fan_out)), rel=0.05)

@@ -15,10 +15,10 @@ def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def layer_norm(x: torch.Tensor) -> torch.Tensor:
+def layer_norm(x: torch.Tensor, eps: float = NORM_EPS) -> torch.Tensor:
     mean = x.mean(-1, keepdim=True)
     var = x.var(-1, unbiased=False, keepdim=True)
-    return (x - mean) / torch.sqrt(var + NORM_EPS)
+    return (x - mean) / torch.sqrt(var + eps)
 
 
 def test_modulate_is_per_sample_shift_and_scale():
@@ -34,7 +34,7 @@ def test_swiglu_formula():
     x = torch.randn(3, DIM)
     gate, value = x @ mlp.w12.weight[: 2 * DIM].T, x @ mlp.w12.weight[2 * DIM :].T
     gate, value = gate + mlp.w12.bias[: 2 * DIM], value + mlp.w12.bias[2 * DIM :]
-    hidden = layer_norm(torch.nn.functional.silu(gate) * value) * mlp.norm.weight + mlp.norm.bias
+    hidden = layer_norm(torch.nn.functional.silu(gate) * value, eps=1e-5) * mlp.norm.weight + mlp.norm.bias
     torch.testing.assert_close(mlp(x), hidden @ mlp.w3.weight.T + mlp.w3.bias, rtol=1e-5, atol=1e-5)
 
 

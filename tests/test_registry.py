@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -85,3 +87,13 @@ def test_options_reach_the_model():
     assert model.dit.grad_checkpoint and model.local_denoiser.grad_checkpoint
     model = create_model("PRDiT-T/12/1", 16, in_channels=2, out_channels=1)
     assert model(torch.zeros(1, 2, 16, 16, 16), torch.tensor([1.0])).shape == (1, 2, 16, 16, 16)
+
+
+def test_a_fresh_stage2_model_has_the_papers_initialisation_scale():
+    # Official stage 2 at B size: global-DiT qkv std 0.1 * sqrt(2 / (768 + 2304)) = 0.00255 (gain 1 would give 0.0255).
+    torch.manual_seed(0)
+    qkv = create_model("PRDiT-B/12/1", 16).dit.blocks[0].attn.qkv.weight
+    assert qkv.std().item() == pytest.approx(0.00255, rel=0.02)
+    assert create_model("PRDiT-XS/12/1", 16, init_gain=1.0).dit.blocks[0].attn.qkv.weight.std().item() == pytest.approx(
+        math.sqrt(2 / (192 + 576)), rel=0.05
+    )

@@ -94,6 +94,21 @@ def test_stage2_needs_stage1_and_keeps_it_frozen(blob_data, tmp_path):
     assert any(not torch.all(v == 0) for k, v in stage2["model"].items() if k.startswith("dit.final"))
 
 
+def test_stage2_loads_the_configured_stage1_weights_at_the_configured_init_scale(blob_data, tmp_path):
+    from prdit.train.trainer import build_model
+
+    stage1 = load_checkpoint(train(make_config(blob_data, tmp_path, total_steps=4), quiet()))
+    config = make_config(blob_data, tmp_path, model="PRDiT-T/6/1", total_steps=2).with_pretrained(tmp_path / "*-PRDiT-T-6-0")
+    config.model.pretrained_weights = "model"  # the paper's code loads the raw weights
+    stage2 = load_checkpoint(train(config, quiet()))
+    local = [k for k in stage1["model"] if k.startswith(("time_embed.", "coarse_head.", "local_denoiser."))]
+    assert any(not torch.equal(stage1["model"][k], stage1["ema"][k]) for k in local)
+    assert all(torch.equal(stage2["model"][k], stage1["model"][k]) for k in local)
+    config.model.init_gain = 0.5
+    qkv = build_model(config, out_channels=2).dit.blocks[0].attn.qkv.weight
+    assert qkv.std().item() == pytest.approx(0.5 * (2 / (128 + 384)) ** 0.5, rel=0.1)
+
+
 def test_non_finite_steps_are_skipped_then_reported(blob_data, tmp_path, monkeypatch):
     from prdit.diffusion.gaussian_diffusion import IaNDiffusion
 

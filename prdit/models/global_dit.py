@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from prdit.models.linear import Linear
-from prdit.models.local_denoiser import NORM_EPS, modulate
+from prdit.models.local_denoiser import AFFINE_NORM_EPS, NORM_EPS, modulate
 from prdit.models.tokens import Grid
 
 
@@ -58,7 +58,7 @@ class PatchEmbed(nn.Module):
             Linear(token_dim, 4 * hidden_size), nn.GELU(approximate="tanh"), Linear(4 * hidden_size, hidden_size)
         )
         self.skip = Linear(token_dim, hidden_size, bias=False)
-        self.norm = nn.LayerNorm(hidden_size, eps=NORM_EPS)
+        self.norm = nn.LayerNorm(hidden_size, eps=AFFINE_NORM_EPS)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.norm(self.mlp(tokens) + self.skip(tokens))
@@ -129,6 +129,7 @@ class GlobalDiT(nn.Module):
         out_dim: int,
         grid: Grid,
         grad_checkpoint: bool = False,
+        init_gain: float = 0.1,
     ) -> None:
         super().__init__()
         self.hidden_size = hidden_size
@@ -139,12 +140,14 @@ class GlobalDiT(nn.Module):
         # Cached code for the grid the model was built for; other grids get theirs computed on the fly.
         self.pos_grid = tuple(grid)
         self.register_buffer("pos_embed", position_code(grid, hidden_size), persistent=False)
-        self._init_weights()
+        self._init_weights(init_gain)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, gain: float) -> None:
+        # Xavier with gain 0.1 by default, as the paper's stage 2 (it re-initialises every Linear with gain 0.1
+        # before loading the stage-1 weights): the residual DiT starts 10x quieter than a plain DiT.
         for module in self.modules():
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
+                nn.init.xavier_uniform_(module.weight, gain=gain)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         # The linear skip gives every raw voxel a direct route into the embedding but starts 10x smaller than

@@ -73,6 +73,7 @@ class PRDiT(nn.Module):
         out_channels: int = 2,
         grad_checkpoint: bool = False,
         name: str | None = None,
+        init_gain: float = 0.1,
     ) -> None:
         super().__init__()
         if depth < 0 or in_channels < 1 or out_channels < 1:
@@ -99,7 +100,9 @@ class PRDiT(nn.Module):
         self.local_denoiser = LocalDenoiser(self.token_dim, out_dim, grad_checkpoint)
         if depth:
             self.fine_head = Linear(hidden_size, hidden_size)
-            self.dit = GlobalDiT(self.token_dim, hidden_size, num_heads, depth, out_dim, grid, grad_checkpoint)
+            self.dit = GlobalDiT(
+                self.token_dim, hidden_size, num_heads, depth, out_dim, grid, grad_checkpoint, init_gain=init_gain
+            )
         for layer in self._time_layers():
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)

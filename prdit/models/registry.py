@@ -30,7 +30,7 @@ SIZES: dict[str, tuple[int, int]] = {
 STANDARD_PATCHES = (10, 12, 14, 16)
 STANDARD_STRIDE = 8
 LISTED_DEPTHS = (0, 4, 12)  # the names list_models() offers; any depth >= 0 is accepted
-OPTIONS = ("stride", "grad_checkpoint")
+OPTIONS = ("stride", "grad_checkpoint", "init_gain")
 
 _NAME = re.compile(r"^(?:PR)?DiT-([A-Za-z]+)/(\d+)/(\d+)$", re.IGNORECASE)
 
@@ -92,8 +92,9 @@ def create_model(
     """Build a named PRDiT for volumes of ``input_size``^3 (it also runs on other multiples of the stride).
 
     Options: ``stride`` (default 8 for the standard patches 10/12/14/16; required for any other patch,
-    e.g. ``PRDiT-T/6/4`` with ``stride=4``) and ``grad_checkpoint`` (activation checkpointing per DiT block
-    and per local MLP branch: less memory, about one extra forward pass of compute).
+    e.g. ``PRDiT-T/6/4`` with ``stride=4``), ``grad_checkpoint`` (activation checkpointing per DiT block
+    and per local MLP branch: less memory, about one extra forward pass of compute) and ``init_gain`` (xavier
+    gain of the global DiT's linear layers; default 0.1, the paper's stage-2 initialisation).
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -118,4 +119,5 @@ def create_model(
         out_channels=out_channels,
         grad_checkpoint=bool(options.get("grad_checkpoint", False)),
         name=spec.name,
+        init_gain=float(options.get("init_gain", 0.1)),
     )

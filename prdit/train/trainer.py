@@ -102,6 +102,7 @@ def build_model(config: Config, out_channels: int) -> torch.nn.Module:
         out_channels=out_channels,
         stride=config.model.stride,
         grad_checkpoint=config.model.grad_checkpoint,
+        init_gain=config.model.init_gain,
     )
 
 

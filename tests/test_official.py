@@ -1,0 +1,227 @@
+"""Official PRDiT state dicts <-> prdit: names and shapes for every official size, exact round trips, and the
+official network's output computed from an official-format state dict.
+
+The official code is not needed here: its parameter names and shapes are written down below (read from
+github Fredy-Zhang/PRDiT at 6a75fd2: models/models.py, local_denoiser.py, global_refiner.py and timm's SwiGLU
+and Mlp), and ``official_forward`` evaluates that layout directly (tokens of the raw windows, SwiGLU with
+separate gate/value matrices, channel-last output tokens).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from prdit.errors import CheckpointError
+from prdit.models import create_model
+from prdit.models.official import (
+    SPECIAL_STRIDES,
+    from_official,
+    is_official_state_dict,
+    official_spec,
+    to_official,
+)
+
+SIZES = {"XS": 192, "S": 384, "B": 768, "L": 1024, "XL": 1152}
+
+
+def official_shapes(hidden: int, patch: int, stride: int, depth: int, in_channels: int = 1) -> dict[str, tuple]:
+    """Every parameter of the official PRDiT with ``learn_sigma`` (two heads), as its code names it."""
+    token = in_channels * patch**3
+    out = 2 * in_channels * stride**3
+    shapes: dict[str, tuple] = {
+        "t_embedder.mlp.0.weight": (hidden, 256),
+        "t_embedder.mlp.0.bias": (hidden,),
+        "t_embedder.coarse_head.weight": (token, hidden),
+        "t_embedder.coarse_head.bias": (token,),
+    }
+    for mlp in ("mlp1", "mlp2"):
+        for part in ("fc1_g", "fc1_x", "fc2"):
+            shapes[f"coarse.mlp_denoise.{mlp}.{part}.weight"] = (token, token)
+            shapes[f"coarse.mlp_denoise.{mlp}.{part}.bias"] = (token,)
+        shapes[f"coarse.mlp_denoise.{mlp}.norm.weight"] = (token,)
+        shapes[f"coarse.mlp_denoise.{mlp}.norm.bias"] = (token,)
+    shapes["coarse.mlp_denoise.linear_final.weight"] = (out, token)
+    shapes["coarse.mlp_denoise.linear_final.bias"] = (out,)
+    shapes["coarse.mlp_denoise.adaLN_modulation.1.weight"] = (6 * token, token)
+    shapes["coarse.mlp_denoise.adaLN_modulation.1.bias"] = (6 * token,)
+    if depth:
+        shapes["t_embedder.fine_head.weight"] = (hidden, hidden)
+        shapes["t_embedder.fine_head.bias"] = (hidden,)
+        shapes.update({
+            "fine.patch_embedder.fc1.weight": (4 * hidden, token),
+            "fine.patch_embedder.fc1.bias": (4 * hidden,),
+            "fine.patch_embedder.fc2.weight": (hidden, 4 * hidden),
+            "fine.patch_embedder.fc2.bias": (hidden,),
+            "fine.patch_embedder.skip.weight": (hidden, token),
+            "fine.patch_embedder.norm.weight": (hidden,),
+            "fine.patch_embedder.norm.bias": (hidden,),
+            "fine.final_layer.linear.weight": (out, hidden),
+            "fine.final_layer.linear.bias": (out,),
+            "fine.final_layer.adaLN_modulation.1.weight": (2 * hidden, hidden),
+            "fine.final_layer.adaLN_modulation.1.bias": (2 * hidden,),
+        })
+        for i in range(depth):
+            block = f"fine.blocks.{i}."
+            shapes.update({
+                block + "attn.qkv.weight": (3 * hidden, hidden),
+                block + "attn.qkv.bias": (3 * hidden,),
+                block + "attn.proj.weight": (hidden, hidden),
+                block + "attn.proj.bias": (hidden,),
+                block + "mlp.fc1.weight": (4 * hidden, hidden),
+                block + "mlp.fc1.bias": (4 * hidden,),
+                block + "mlp.fc2.weight": (hidden, 4 * hidden),
+                block + "mlp.fc2.bias": (hidden,),
+                block + "adaLN_modulation.1.weight": (6 * hidden, hidden),
+                block + "adaLN_modulation.1.bias": (6 * hidden,),
+            })
+    return shapes
+
+
+def official_state_dict(shapes: dict[str, tuple], seed: int = 0, device: str = "cpu") -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    if device == "meta":
+        return {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    return {k: 0.05 * torch.randn(s, generator=generator) for k, s in shapes.items()}
+
+
+def official_names() -> list[str]:
+    names = [f"PRDiT-{s}/{p}/{d}" for s in SIZES for p in (10, 12, 14, 16) for d in (0, 3)]
+    return names + list(SPECIAL_STRIDES)
+
+
+@pytest.mark.parametrize("name", official_names())
+def test_every_official_name_maps_onto_the_prdit_model_of_that_name(name):
+    spec, stride = official_spec(name)
+    shapes = official_shapes(spec.hidden_size, spec.patch, stride, spec.depth)
+    converted = from_official(official_state_dict(shapes, device="meta"), stride)
+    with torch.device("meta"):
+        model = create_model(name, input_size=32, stride=stride)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == expected
+    assert len(converted) == len(expected) < len(shapes) + 1  # the SwiGLU pairs fused, nothing invented
+
+
+@pytest.mark.parametrize("name", ["PRDiT-XS/10/2", "PRDiT-XS/4/0", "PRDiT-XS/4/1"])
+def test_round_trip_both_ways_is_exact(name):
+    spec, stride = official_spec(name)
+    official = official_state_dict(official_shapes(spec.hidden_size, spec.patch, stride, spec.depth))
+    back = to_official(from_official(official, stride), stride)
+    assert back.keys() == official.keys()
+    assert all(torch.equal(back[k], official[k]) for k in official)
+    model = create_model(name, input_size=16, stride=stride)
+    ours = model.state_dict()
+    again = from_official(to_official(ours, stride), stride)
+    assert again.keys() == ours.keys() and all(torch.equal(again[k], ours[k]) for k in ours)
+
+
+def test_official_checkpoints_are_recognised_with_or_without_the_ddp_prefix():
+    official = official_state_dict(official_shapes(192, 4, 4, 0), device="meta")
+    assert is_official_state_dict(official)
+    assert is_official_state_dict({f"module.{k}": v for k, v in official.items()})
+    assert not is_official_state_dict(create_model("PRDiT-XS/4/0", input_size=8, stride=4).state_dict())
+
+
+def test_unknown_keys_and_wrong_strides_are_named():
+    official = official_state_dict(official_shapes(192, 4, 4, 0))
+    with pytest.raises(CheckpointError, match="stride"):
+        from_official(official, stride=3)
+    with pytest.raises(CheckpointError, match="vae.decoder.weight"):
+        from_official({**official, "vae.decoder.weight": torch.zeros(1)}, stride=4)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The official network, evaluated straight from an official-format state dict
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _linear(sd, name, x):
+    return F.linear(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"))
+
+
+def _modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def _swiglu(sd, name, x):
+    hidden = F.silu(_linear(sd, f"{name}.fc1_g", x)) * _linear(sd, f"{name}.fc1_x", x)
+    hidden = F.layer_norm(hidden, hidden.shape[-1:], sd[f"{name}.norm.weight"], sd[f"{name}.norm.bias"], eps=1e-5)
+    return _linear(sd, f"{name}.fc2", hidden)
+
+
+def _position_code(grid: int, dim: int) -> torch.Tensor:
+    coords = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    z, y, x = torch.meshgrid(coords, coords, coords, indexing="ij")
+    position = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
+    freqs = (0.95 * grid / 2) ** torch.linspace(0, 1, dim // 6) * 2 * math.pi
+    return torch.cat([fn(position[:, axis : axis + 1] * freqs) for axis in range(3) for fn in (torch.sin, torch.cos)], -1)
+
+
+def official_forward(sd, x, t, patch, stride, depth, heads):
+    """The official PRDiT forward pass on an official state dict (one input channel, two heads)."""
+    batch, size = x.shape[0], x.shape[-1]
+    pad = (patch - stride) // 2
+    padded = F.pad(x, (pad,) * 6, mode="reflect") if pad else x
+    windows = padded.unfold(2, patch, stride).unfold(3, patch, stride).unfold(4, patch, stride)
+    tokens = windows.reshape(batch, -1, patch**3)
+    half = 128
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t.float()[:, None] * freqs[None]
+    shared = F.silu(_linear(sd, "t_embedder.mlp.0", torch.cat([torch.cos(args), torch.sin(args)], -1)))
+    cond = _linear(sd, "t_embedder.coarse_head", shared)
+
+    local = "coarse.mlp_denoise"
+    s1, c1, s2, c2, s3, c3 = _linear(sd, f"{local}.adaLN_modulation.1", F.silu(cond)).chunk(6, dim=1)
+    width = tokens.shape[-1]
+    h = _swiglu(sd, f"{local}.mlp1", _modulate(F.layer_norm(tokens, (width,), eps=1e-6), s1, c1))
+    h = _swiglu(sd, f"{local}.mlp2", _modulate(F.layer_norm(h, (width,), eps=1e-6), s2, c2))
+    out = _linear(sd, f"{local}.linear_final", _modulate(h + tokens, s3, c3))
+    if depth:
+        fine_cond = F.silu(_linear(sd, "t_embedder.fine_head", shared))
+        embed = _linear(sd, "fine.patch_embedder.fc2", F.gelu(_linear(sd, "fine.patch_embedder.fc1", tokens), approximate="tanh"))
+        embed = embed + _linear(sd, "fine.patch_embedder.skip", tokens)
+        hidden = embed.shape[-1]
+        h = F.layer_norm(embed, (hidden,), sd["fine.patch_embedder.norm.weight"], sd["fine.patch_embedder.norm.bias"], eps=1e-5)
+        h = h + _position_code(size // stride, hidden)
+        for i in range(depth):
+            block = f"fine.blocks.{i}"
+            sa, ca, ga, sm, cm, gm = _linear(sd, f"{block}.adaLN_modulation.1", fine_cond).chunk(6, dim=1)
+            y = _modulate(F.layer_norm(h, (hidden,), eps=1e-6), sa, ca)
+            q, k, v = _linear(sd, f"{block}.attn.qkv", y).reshape(batch, -1, 3, heads, hidden // heads).permute(2, 0, 3, 1, 4)
+            attention = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(hidden // heads), dim=-1) @ v
+            h = h + ga[:, None] * _linear(sd, f"{block}.attn.proj", attention.transpose(1, 2).reshape(batch, -1, hidden))
+            y = _modulate(F.layer_norm(h, (hidden,), eps=1e-6), sm, cm)
+            mlp = _linear(sd, f"{block}.mlp.fc2", F.gelu(_linear(sd, f"{block}.mlp.fc1", y), approximate="tanh"))
+            h = h + gm[:, None] * mlp
+        shift, scale = _linear(sd, "fine.final_layer.adaLN_modulation.1", fine_cond).chunk(2, dim=1)
+        out = out + _linear(sd, "fine.final_layer.linear", _modulate(F.layer_norm(h, (hidden,), eps=1e-6), shift, scale))
+    grid = size // stride
+    # Official output tokens are [S, S, S, C]: channel last.
+    volume = out.reshape(batch, grid, grid, grid, stride, stride, stride, 2).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return volume.reshape(batch, 2, size, size, size)
+
+
+@pytest.mark.parametrize("name, size", [("PRDiT-XS/10/2", 16), ("PRDiT-XS/12/1", 16), ("PRDiT-XS/4/0", 8)])
+def test_converted_weights_give_the_official_networks_output(name, size):
+    torch.manual_seed(0)
+    spec, stride = official_spec(name)
+    official = official_state_dict(official_shapes(spec.hidden_size, spec.patch, stride, spec.depth), seed=1)
+    model = create_model(name, input_size=size, stride=stride).eval()
+    model.load_state_dict(from_official(official, stride))
+    x = 0.5 * torch.randn(2, 1, size, size, size)
+    t = torch.tensor([999, 40])
+    with torch.no_grad():
+        expected = official_forward(official, x, t, spec.patch, stride, spec.depth, spec.num_heads)
+        got = model(x, t)
+    assert expected.abs().max() > 0.5  # weights large enough for a layout mistake to show
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+    # The channel-last permutation matters: without it the heads would be interleaved voxel by voxel.
+    wrong = dict(official)
+    for key in ("coarse.mlp_denoise.linear_final", "fine.final_layer.linear"):
+        if f"{key}.weight" in wrong:
+            wrong[f"{key}.weight"] = wrong[f"{key}.weight"].roll(1, dims=0)
+    with torch.no_grad():
+        assert (official_forward(wrong, x, t, spec.patch, stride, spec.depth, spec.num_heads) - got).abs().max() > 1e-2

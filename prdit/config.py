@@ -32,6 +32,7 @@ class PhantomConfig(Section):
     seed: int = Field(0, description="seed of the first phantom; volume i uses seed + i")
     spacing_mm: float | None = Field(None, gt=0, description="voxel spacing; default covers the whole chest")
     workers: int = Field(2, ge=1)
+    dense_bone: bool = Field(False, description="cortical bone 1200-1900 HU (real CT) instead of 700-1000 HU")
 
 
 class DataConfig(Section):
@@ -40,9 +41,14 @@ class DataConfig(Section):
     train_list: str | None = Field(None, description="list file of training volumes (default: ROOT/train.txt if present)")
     val_list: str | None = Field(None, description="list file of validation volumes (default: ROOT/val.txt if present)")
     image_size: int = Field(128, ge=8, description="edge of the cubic training volume after pooling")
-    intensity: Literal["hu", "paper"] = Field("hu", description="hu: fixed HU window -> [-1, 1]; paper: per-volume min-max")
+    intensity: Literal["hu", "paper"] = Field(
+        "hu", description="hu: fixed HU window -> [-1, 1]; paper: the official per-volume min-max (before pooling)"
+    )
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
-    paper_percentile: float = Field(99.9, gt=50, le=100)
+    paper_percentile: float = Field(99.9, gt=50, le=100, description="paper: upper clip (LIDC-IDRI 99.9, RAD-ChestCT 99.5)")
+    paper_scale: Literal["signed", "unit"] = Field(
+        "signed", description="paper: signed = 2x - 1 (official LIDC loader, the paper's text); unit = [0, 1] (official RAD loader)"
+    )
     pool: int = Field(1, ge=1, description="integer average-pool factor applied when loading (256^3 -> 128^3: 2)")
     flip_axes: list[int] = Field(default_factory=list, description="array axes (0=z, 1=y, 2=x) randomly flipped in training")
     cache: bool = Field(True, description="keep loaded volumes in memory")

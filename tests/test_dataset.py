@@ -72,3 +72,17 @@ def test_paper_mode_mapping_is_fitted_for_inversion(tmp_path):
     train, _ = build_datasets(DataConfig(dataset="folder", root=str(tmp_path), image_size=8, intensity="paper"))
     assert train.mapping.reference_range is not None
     assert mapping_from_config(DataConfig()).mode == "hu"
+
+
+def test_paper_mode_normalises_at_full_resolution_then_pools(tmp_path):
+    # The official loader pools volumes that were normalised at 256^3: the percentile clip comes before the pooling.
+    rng = np.random.default_rng(3)
+    hu = rng.uniform(-1100, 1200, (8, 8, 8)).astype(np.float32)
+    hu[0, 0, 0] = 3000.0  # one bright voxel: pooling first would lower it below the percentile
+    path = save_nifti(tmp_path / "v.nii.gz", hu, (1.0, 1.0, 1.0))
+    floored = np.maximum(hu.astype(np.float64), -1000)
+    top = np.percentile(floored, 99.9)
+    unit = (np.clip(floored, floored.min(), top) - floored.min()) / (top - floored.min())
+    expected = 2 * unit.reshape(4, 2, 4, 2, 4, 2).mean(axis=(1, 3, 5)) - 1
+    dataset = VolumeDataset([path], IntensityMapping(mode="paper"), image_size=4, pool=2)
+    np.testing.assert_allclose(dataset[0][0].numpy(), expected, atol=1e-6)

@@ -46,3 +46,38 @@ def test_invalid_mappings():
         IntensityMapping(mode="z")
     with pytest.raises(ValueError):
         IntensityMapping(window=(10, -10))
+
+
+def test_paper_mode_follows_the_official_order_of_steps():
+    # Official: floor at -1000, then the percentile of the floored volume, then min-max with the volume's own min.
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1200, 1500, 5000)
+    mapping = IntensityMapping(mode="paper", percentile=99.0)
+    floored = np.maximum(hu, -1000)
+    top = np.percentile(floored, 99.0)
+    expected = (np.clip(floored, -1000, top) + 1000) / (top + 1000)
+    np.testing.assert_allclose(mapping.to_unit(hu), expected, atol=1e-12)
+    np.testing.assert_allclose(mapping.to_model(hu), 2 * expected - 1, atol=1e-12)
+    # A volume without air: its own minimum maps to 0, not -1000 HU.
+    body = np.array([-400.0, 0.0, 600.0])
+    np.testing.assert_allclose(IntensityMapping(mode="paper", percentile=100.0).to_unit(body), [0.0, 0.4, 1.0])
+
+
+def test_paper_unit_scale_and_already_normalised_volumes():
+    unit = IntensityMapping(mode="paper", percentile=100.0, scale="unit")
+    assert unit.model_range == (0.0, 1.0)
+    np.testing.assert_allclose(unit.to_model(np.array([-1000.0, 0.0, 1000.0])), [0.0, 0.5, 1.0])
+    official_file = np.array([0.0, 0.25, 1.0])  # written by the official scripts: taken as it is
+    np.testing.assert_array_equal(unit.to_unit(official_file), official_file)
+    unit.fit([official_file])  # no HU in the training files: the window maps samples back
+    assert unit.reference_range == (-1000.0, 1000.0)
+    np.testing.assert_allclose(unit.to_hu(np.array([0.0, 1.0])), [-1000.0, 1000.0])
+    with pytest.raises(ValueError, match="constant"):
+        unit.to_unit(np.full(4, -1000.0))
+
+
+def test_mappings_saved_before_the_scale_existed_still_load():
+    old = {"mode": "paper", "window": [-1000, 1000], "percentile": 99.9, "reference_range": [-1000, 1200]}
+    mapping = IntensityMapping.from_dict(old)
+    assert mapping.scale == "signed" and mapping.model_range == (-1.0, 1.0)
+    assert IntensityMapping.from_dict(IntensityMapping(mode="paper", scale="unit").to_dict()).scale == "unit"

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from dicom_factory import ramp_hu, ramp_volume, truncate, write_localizer, write_series
 
 from prdit.data.manifest import read_manifest
@@ -86,18 +87,101 @@ def test_rerun_skips_finished_cases_and_redoes_unfinished_ones(tmp_path):
     assert preprocess_lidc(tmp_path / "src", out, SMALL, overwrite=True, progress=False).ok == 2
 
 
-def test_paper_normalisation_and_pooling(tmp_path):
-    hu, origin = ramp_volume()
-    write_series(tmp_path / "src", hu, origin=origin)
-    options = replace(SMALL, normalize="paper", pool=2)
-    summary = preprocess_lidc(tmp_path / "src", tmp_path / "out", options, progress=False)
-    assert summary.ok == 1
-    volume = load_volume(tmp_path / "out" / "volumes" / "PAT-0001.nii.gz")
-    assert volume.array.shape == (16, 16, 16) and volume.spacing == (2.0, 2.0, 2.0)
-    assert volume.array.min() == 0.0 and 0.99 < volume.array.max() <= 1.0
-    # A pooled voxel sits at the centre of its 2x2x2 block: the full-resolution grid starts at -15.5 mm.
-    x, y, z = _lps_points(volume)
-    assert (x[0, 0, 0], y[0, 0, 0], z[0, 0, 0]) == pytest.approx((-15.0, -15.0, -15.0))
+# ----------------------------------------------------------------------------------------------------------
+# The official preprocessing, written out independently (from Fredy-Zhang/PRDiT 6a75fd2: scripts/
+# preproc_lidc_idri.py, scripts/preproc_rad_chestct.py and the two dataset loaders)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def official_lidc(hu_zyx, spacing_zyx, size, pool):
+    """Cubic zoom to 1 mm, centre crop, clip < -1000, clip at the 99.9% quantile, min-max; loader: pool, 2x - 1."""
+    from scipy import ndimage
+
+    volume = ndimage.zoom(hu_zyx.astype(np.float64), [s / 1.0 for s in spacing_zyx], order=3, mode="nearest")
+    volume = volume[tuple(slice((n - size) // 2, (n - size) // 2 + size) for n in volume.shape)].copy()
+    volume[volume < -1000] = -1000
+    volume = np.clip(volume, -1000, np.quantile(volume, 0.999))
+    unit = (volume - volume.min()) / (volume.max() - volume.min())
+    pooled = torch.nn.AvgPool3d(pool)(torch.from_numpy(unit).float()[None, None])[0, 0] if pool > 1 else torch.from_numpy(unit).float()
+    return unit, (2 * pooled - 1).numpy()
+
+
+def official_rad(hu, crop, size):
+    """Clip to [-1000, 1000], centre crop, trilinear zoom to size, clip at the 99.5% quantile, min-max ([0, 1])."""
+    from scipy import ndimage
+
+    volume = np.clip(hu.astype(np.float32), -1000, 1000)
+    volume = volume[tuple(slice((n - crop) // 2, (n - crop) // 2 + crop) for n in volume.shape)]
+    volume = ndimage.zoom(volume, [size / crop] * 3, order=1, mode="constant", cval=-1000).astype(np.float32)
+    volume = np.clip(volume, -1000, np.quantile(volume, 0.995))
+    return ((volume - volume.min()) / (volume.max() - volume.min())).astype(np.float32)
+
+
+def _busy_ct(shape, seed=0):
+    """Integer HU with air below -1000, soft tissue, bone and bright outliers, smooth enough to be CT-like."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    field = gaussian_filter(rng.normal(0, 1, shape), 1.5)
+    hu = np.interp(field, [-0.3, -0.05, 0.05, 0.3], [-1024, -900, 40, 1800])
+    hu[rng.random(shape) < 0.002] = 3000  # metal-like outliers the percentile must clip
+    return np.rint(hu).astype(np.float32)
+
+
+def test_lidc_paper_route_equals_the_official_preprocessing_and_loader(tmp_path):
+    from prdit.data.dataset import VolumeDataset
+    from prdit.data.intensity import IntensityMapping
+
+    spacing = (2.0, 0.8, 0.8)
+    hu, origin = _busy_ct((20, 48, 48)), (-18.8, -18.8, -19.0)
+    write_series(tmp_path / "src", hu, spacing=spacing, origin=origin)
+    options = replace(SMALL, normalize="paper")
+    assert preprocess_lidc(tmp_path / "src", tmp_path / "out", options, progress=False).ok == 1
+    path = tmp_path / "out" / "volumes" / "PAT-0001.nii.gz"
+    unit, model_space = official_lidc(hu, spacing, size=32, pool=2)
+    stored = load_volume(path)
+    np.testing.assert_allclose(stored.array, unit, atol=2e-7)
+    # The zoom maps first to first and last to last voxel: z steps are 2.0 * 19 / 39 mm, x/y 0.8 * 47 / 37 mm.
+    assert stored.spacing == pytest.approx((2.0 * 19 / 39, 0.8 * 47 / 37, 0.8 * 47 / 37), rel=1e-6)
+    mapping = IntensityMapping(mode="paper")
+    loaded = VolumeDataset([path], mapping, image_size=16, pool=2)[0][0].numpy()
+    np.testing.assert_allclose(loaded, model_space, atol=1e-6)
+
+    pooled = replace(SMALL, normalize="paper", pool=2)  # pooling at preprocessing time: the same numbers
+    preprocess_lidc(tmp_path / "src", tmp_path / "pooled", pooled, progress=False)
+    again = VolumeDataset([tmp_path / "pooled" / "volumes" / "PAT-0001.nii.gz"], mapping, image_size=16)[0][0].numpy()
+    np.testing.assert_allclose(again, model_space, atol=1e-6)
+
+
+def test_lidc_paper_route_undoes_a_flipped_series(tmp_path):
+    hu = _busy_ct((20, 48, 48), seed=1)
+    write_series(tmp_path / "a", hu, spacing=(2.0, 0.8, 0.8))
+    write_series(tmp_path / "b", hu, spacing=(2.0, 0.8, 0.8), row_direction=-1.0)
+    options = replace(SMALL, normalize="paper")
+    preprocess_lidc(tmp_path / "a", tmp_path / "out_a", options, progress=False)
+    preprocess_lidc(tmp_path / "b", tmp_path / "out_b", options, progress=False)
+    a, b = (load_volume(tmp_path / f"out_{k}" / "volumes" / "PAT-0001.nii.gz") for k in "ab")
+    np.testing.assert_allclose(a.array, b.array, atol=1e-6)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-4)
+
+
+def test_rad_paper_route_equals_the_official_preprocessing_and_loader(tmp_path):
+    from prdit.data.dataset import VolumeDataset
+    from prdit.data.intensity import IntensityMapping
+
+    src = tmp_path / "rad"
+    src.mkdir()
+    hu = _busy_ct((40, 44, 44), seed=2) - 200.0  # values down to -1224: the clip to -1000 matters
+    np.savez_compressed(src / "trn00001.npz", ct=hu)
+    options = PreprocessOptions(size=16, spacing=None, normalize="paper", percentile=99.5, paper_crop=32)
+    assert preprocess_rad(src, tmp_path / "out", options, progress=False).ok == 1
+    path = tmp_path / "out" / "volumes" / "trn00001.nii.gz"
+    expected = official_rad(hu, crop=32, size=16)
+    np.testing.assert_allclose(load_volume(path).array, expected, atol=2e-7)
+    unit = IntensityMapping(mode="paper", percentile=99.5, scale="unit")  # the official RAD loader trains in [0, 1]
+    np.testing.assert_allclose(VolumeDataset([path], unit, image_size=16)[0][0].numpy(), expected, atol=1e-7)
+    signed = IntensityMapping(mode="paper", percentile=99.5)  # the paper's text: [-1, 1]
+    np.testing.assert_allclose(VolumeDataset([path], signed, image_size=16)[0][0].numpy(), 2 * expected - 1, atol=1e-6)
 
 
 def _write_npz(path, shape, key="ct", value=None):
@@ -136,7 +220,7 @@ def test_rad_paper_route_and_skip_small(tmp_path):
     src.mkdir()
     _write_npz(src / "a.npz", (20, 24, 24))
     _write_npz(src / "b.npz", (10, 12, 12))
-    options = PreprocessOptions(size=16, spacing=None, normalize="paper", percentile=99.5, hu_ceiling=1000.0, skip_small=True)
+    options = PreprocessOptions(size=16, spacing=None, normalize="paper", percentile=99.5, paper_crop=16, skip_small=True)
     summary = preprocess_rad(src, tmp_path / "out", options, progress=False)
     assert (summary.ok, summary.skipped) == (1, 1)
     assert "smaller than the 16^3 crop" in read_manifest(summary.manifest)[1].reason

@@ -41,8 +41,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser, percentile: float) ->
     parser.add_argument("--out", required=True, help="output folder: volumes/, manifest.csv, skipped.csv")
     parser.add_argument("--size", type=int, default=256, help="edge of the output cube in voxels before pooling (default 256)")
     parser.add_argument("--normalize", choices=["hu", "paper"], default="hu",
-                        help="hu: int16 HU, mapped to [-1, 1] by the dataset (default); "
-                        "paper: the paper's per-volume [0, 1] float32")
+                        help="hu: int16 HU, mapped by the dataset (default); paper: the official script's steps "
+                        "and its per-volume [0, 1] float32 volumes (train them with data.intensity=paper)")
     parser.add_argument("--percentile", type=float, default=percentile,
                         help=f"--normalize paper: clip above this per-volume percentile (default {percentile})")
     parser.add_argument("--pool", type=int, default=1, help="average-pool factor after cropping (2: the paper's 256^3 -> 128^3)")
@@ -64,7 +64,7 @@ def _print_summary(summary, out: str, normalize: str) -> None:
 
         more = f" (and {len(summary.reasons) - 3} more)" if len(summary.reasons) > 3 else ""
         raise DataError(f"no case was converted: {'; '.join(summary.reasons[:3])}{more}; every reason is in {summary.report}")
-    hint = " data.intensity=hu data.hu_window=[0,1]" if normalize == "paper" else ""
+    hint = " data.intensity=paper" if normalize == "paper" else ""
     print(f"next: prdit data split --manifest {summary.manifest} --val 200 --seed 42, then train with data.root={out}{hint}")
 
 
@@ -87,6 +87,7 @@ def _run_rad(args: argparse.Namespace) -> None:
         size=args.size, spacing=args.spacing, normalize=args.normalize, percentile=args.percentile,
         hu_ceiling=1000.0 if args.normalize == "paper" else None, pool=args.pool, crop=args.crop,
         interpolation=args.interpolation, skip_small=args.skip_small, npz_key=args.npz_key, source_spacing=args.source_spacing,
+        paper_crop=args.paper_crop,
     )
     summary = preprocess_rad(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite, progress=args.progress)
     _print_summary(summary, args.out, args.normalize)
@@ -113,7 +114,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Find every DICOM series under --src, keep one axial CT series per patient (most slices), order slices by "
             "position along the slice normal, convert to HU, resample to --spacing mm on an LPS grid and centre-crop "
             "or pad to --size^3. Writes OUT/volumes/*.nii.gz, OUT/manifest.csv and OUT/skipped.csv; a rerun skips "
-            "finished cases."
+            "finished cases. --normalize paper follows the official script instead: cubic-spline zoom of the voxel "
+            "grid to --spacing, centre crop, clip below -1000 HU and above the cube's 99.9th percentile, min-max to [0, 1]."
         ),
     )
     _add_common_arguments(lidc, percentile=99.9)
@@ -132,8 +134,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Read every .npz under --src (HU array under --npz-key, 0.8 mm isotropic unless the file has a 'spacing' "
             "entry), centre-crop or pad to --size^3 on the source grid (or resample to --spacing), and write "
-            "OUT/volumes/*.nii.gz, OUT/manifest.csv and OUT/skipped.csv. --normalize paper clips to [-1000, 1000] "
-            "and at the 99.5th percentile, then min-max scales to [0, 1]."
+            "OUT/volumes/*.nii.gz, OUT/manifest.csv and OUT/skipped.csv. --normalize paper follows the official "
+            "script: clip to [-1000, 1000] HU, centre crop 256^3 (--paper-crop), trilinear zoom to --size, clip above "
+            "the 99.5th percentile, min-max to [0, 1] (the official loader trains these in [0, 1]: "
+            "data.paper_scale=unit; the paper's text says [-1, 1]: the default)."
         ),
     )
     _add_common_arguments(rad, percentile=99.5)
@@ -142,6 +146,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rad.add_argument("--source-spacing", type=float, default=None,
                      help="spacing of the .npz volumes in mm (default: the file's 'spacing' entry, else 0.8)")
     rad.add_argument("--npz-key", default="ct", help="name of the HU array in the .npz files (default ct)")
+    rad.add_argument("--paper-crop", type=int, default=256,
+                     help="--normalize paper: edge of the centre crop zoomed to --size (default 256, as the official script)")
     rad.set_defaults(func=_run_rad)
 
     split = subparsers.add_parser(

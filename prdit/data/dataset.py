@@ -23,7 +23,9 @@ from prdit.io import load_volume
 
 
 def mapping_from_config(config: DataConfig) -> IntensityMapping:
-    return IntensityMapping(mode=config.intensity, window=tuple(config.hu_window), percentile=config.paper_percentile)
+    return IntensityMapping(
+        mode=config.intensity, window=tuple(config.hu_window), percentile=config.paper_percentile, scale=config.paper_scale
+    )
 
 
 @dataclass
@@ -73,7 +75,10 @@ class VolumeDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         volume = load_volume(self.paths[index])
-        hu = average_pool(volume.array, self.pool)
+        if self.mapping.mode == "paper":  # the official order: normalise at full resolution, then pool
+            hu = average_pool(self.mapping.to_unit(volume.array), self.pool)
+        else:
+            hu = average_pool(volume.array, self.pool)
         if self.image_size is not None and hu.shape != (self.image_size,) * 3:
             ratio = volume.array.shape[0] / self.image_size
             hint = f"set data.pool={int(ratio)}" if ratio == int(ratio) and ratio >= 1 else "preprocess the data to that size"
@@ -82,7 +87,8 @@ class VolumeDataset(Dataset):
                 f"but data.image_size={self.image_size}; {hint}"
             )
         spacing = tuple(s * self.pool for s in volume.spacing)
-        loaded = LoadedVolume(self.mapping.to_model(hu).astype(np.float32), spacing)  # type: ignore[arg-type]
+        model = self.mapping.from_unit(hu) if self.mapping.mode == "paper" else self.mapping.to_model(hu)
+        loaded = LoadedVolume(np.asarray(model, dtype=np.float32), spacing)
         if self.cache:
             self._cache[index] = loaded
         return loaded
@@ -125,6 +131,7 @@ def ensure_phantom_data(config: DataConfig, progress: bool = True) -> None:
         spacing_mm=config.phantom.spacing_mm,
         workers=config.phantom.workers,
         progress=progress,
+        dense_bone=config.phantom.dense_bone,
     )
 
 

@@ -1,13 +1,18 @@
-"""Maps between Hounsfield units and the model's [-1, 1] intensity space, and back.
+"""Maps between Hounsfield units and the model's intensity space, and back.
 
 Two conventions:
 
 * ``hu`` (default): a fixed window ``[low, high]`` HU -> [-1, 1] (clipped). Invertible for every volume, so
   generated volumes come back in true HU.
-* ``paper``: the official PRDiT preprocessing. Each volume is clipped below at -1000 HU and above at its
-  own ``percentile`` (99.9 for LIDC-IDRI), min-max scaled to [0, 1] and then to [-1, 1]. It is not invertible
-  for a generated volume (its own min and max are unknown), so :meth:`to_hu` uses the median min/max of the
-  training volumes, recorded by :meth:`fit`.
+* ``paper``: the official PRDiT preprocessing, step for step. Each volume at full resolution is clipped below
+  at -1000 HU, then above at its own ``percentile`` (taken after the lower clip: 99.9 for LIDC-IDRI, 99.5 for
+  RAD-ChestCT), min-max scaled to [0, 1] (its own minimum and maximum), and only then average-pooled (the
+  caller pools); ``scale="signed"`` finally maps to [-1, 1] (2x - 1, the official LIDC loader and the paper's
+  text), ``scale="unit"`` keeps [0, 1] (what the official RAD loader trains on: its normalise flag is never
+  passed on). A volume that is already in [0, 1] (a file the official scripts or ``prdit data ... --normalize
+  paper`` wrote) is taken as it is. The mapping is not invertible for a generated volume (its own minimum and
+  maximum are unknown), so :meth:`to_hu` uses the median range of the training volumes, recorded by :meth:`fit`
+  (or the ``window`` when the training files carry no HU).
 """
 
 from __future__ import annotations
@@ -19,56 +24,91 @@ import numpy as np
 import torch
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+PAPER_FLOOR_HU = -1000.0
 
 
 def _clip(x: ArrayT, low: float, high: float) -> ArrayT:
     return x.clamp(low, high) if isinstance(x, torch.Tensor) else np.clip(x, low, high)
 
 
+def is_unit_normalised(volume: np.ndarray) -> bool:
+    """Whether a volume already holds [0, 1] intensities (no CT volume in HU does: air is -1000)."""
+    return bool(volume.min() >= 0.0 and volume.max() <= 1.0)
+
+
 @dataclass
 class IntensityMapping:
-    """HU <-> model space. ``mode`` is ``hu`` (fixed window) or ``paper`` (per-volume min-max)."""
+    """HU <-> model space. ``mode`` is ``hu`` (fixed window) or ``paper`` (the official per-volume min-max)."""
 
     mode: Literal["hu", "paper"] = "hu"
     window: tuple[float, float] = (-1000.0, 1000.0)
     percentile: float = 99.9
     reference_range: tuple[float, float] | None = field(default=None)
+    scale: Literal["signed", "unit"] = "signed"
 
     def __post_init__(self) -> None:
         if self.mode not in ("hu", "paper"):
             raise ValueError(f"intensity mode must be 'hu' or 'paper', got {self.mode!r}")
+        if self.scale not in ("signed", "unit"):
+            raise ValueError(f"paper intensity scale must be 'signed' ([-1, 1]) or 'unit' ([0, 1]), got {self.scale!r}")
         low, high = self.window
         if not high > low:
             raise ValueError(f"intensity window must have high > low, got {self.window}")
 
+    @property
+    def model_range(self) -> tuple[float, float]:
+        """The interval model-space volumes lie in."""
+        return (0.0, 1.0) if self.mode == "paper" and self.scale == "unit" else (-1.0, 1.0)
+
     def volume_range(self, hu: np.ndarray) -> tuple[float, float]:
-        """The (min, max) HU that map to (-1, 1) for this volume."""
+        """The (min, max) HU that map to the ends of the model range for this volume."""
         if self.mode == "hu":
             return (float(self.window[0]), float(self.window[1]))
-        high = float(np.percentile(hu, self.percentile))
-        return (-1000.0, max(high, -999.0))
+        floored = np.maximum(hu, PAPER_FLOOR_HU)
+        return float(floored.min()), float(np.percentile(floored, self.percentile))
 
     def fit(self, volumes: list[np.ndarray]) -> "IntensityMapping":
         """Record the median per-volume range of the training data (needed to invert ``paper`` mode)."""
-        if self.mode == "paper" and volumes:
-            ranges = np.array([self.volume_range(v) for v in volumes])
-            self.reference_range = (float(np.median(ranges[:, 0])), float(np.median(ranges[:, 1])))
+        if self.mode == "paper":
+            ranges = np.array([self.volume_range(v) for v in volumes if not is_unit_normalised(v)])
+            self.reference_range = (
+                (float(np.median(ranges[:, 0])), float(np.median(ranges[:, 1]))) if len(ranges) else tuple(self.window)
+            )
         return self
 
+    def to_unit(self, hu: np.ndarray) -> np.ndarray:
+        """``paper`` mode's first half: one full-resolution HU volume -> [0, 1] (before any pooling)."""
+        if is_unit_normalised(hu):
+            return hu
+        low, high = self.volume_range(hu)
+        if not high > low:
+            raise ValueError(f"a constant volume ({low} HU) cannot be min-max normalised")
+        return (np.clip(hu, low, high) - low) / (high - low)
+
+    def from_unit(self, unit: ArrayT) -> ArrayT:
+        """``paper`` mode's second half: [0, 1] -> model space (after pooling)."""
+        return unit * 2.0 - 1.0 if self.scale == "signed" else unit
+
     def to_model(self, hu: ArrayT, volume_range: tuple[float, float] | None = None) -> ArrayT:
-        """HU -> [-1, 1]. ``volume_range`` defaults to this volume's own range."""
-        low, high = volume_range or self.volume_range(np.asarray(hu) if not isinstance(hu, torch.Tensor) else hu.cpu().numpy())
-        return _clip((hu - low) / (high - low), 0.0, 1.0) * 2.0 - 1.0
+        """HU -> model space. ``volume_range`` defaults to this volume's own range (``paper``: no pooling here)."""
+        if self.mode == "paper" and volume_range is None:
+            array = hu.cpu().numpy() if isinstance(hu, torch.Tensor) else np.asarray(hu)
+            unit = self.to_unit(array)
+            return self.from_unit(torch.as_tensor(unit, dtype=hu.dtype) if isinstance(hu, torch.Tensor) else unit)
+        low, high = volume_range or self.volume_range(np.asarray(hu))
+        unit = _clip((hu - low) / (high - low), 0.0, 1.0)
+        return self.from_unit(unit) if self.mode == "paper" else unit * 2.0 - 1.0
 
     def to_hu(self, x: ArrayT) -> ArrayT:
-        """[-1, 1] -> HU (values outside [-1, 1] are clipped first)."""
+        """Model space -> HU (values outside the model range are clipped first)."""
         if self.mode == "hu":
             low, high = self.window
         elif self.reference_range is not None:
             low, high = self.reference_range
         else:
             raise ValueError("paper-mode intensities need fit() on training volumes (or reference_range) to map back to HU")
-        return (_clip(x, -1.0, 1.0) + 1.0) / 2.0 * (high - low) + low
+        bottom, top = self.model_range
+        return (_clip(x, bottom, top) - bottom) / (top - bottom) * (high - low) + low
 
     def to_dict(self) -> dict:
         return {
@@ -76,6 +116,7 @@ class IntensityMapping:
             "window": list(self.window),
             "percentile": self.percentile,
             "reference_range": list(self.reference_range) if self.reference_range else None,
+            "scale": self.scale,
         }
 
     @classmethod
@@ -86,4 +127,5 @@ class IntensityMapping:
             window=tuple(data.get("window", (-1000.0, 1000.0))),  # type: ignore[arg-type]
             percentile=float(data.get("percentile", 99.9)),
             reference_range=tuple(ref) if ref else None,  # type: ignore[arg-type]
+            scale=data.get("scale", "signed"),
         )

@@ -74,6 +74,11 @@ TISSUE_HU_RANGES: dict[str, tuple[float, float]] = {
     "table_foam": (-900.0, -700.0),
 }
 
+#: Cortical bone as dense as in real CT (compact bone of adult ribs and vertebrae reads 1000-1900 HU), for
+#: ``dense_bone=True``. The default range stays below 1000 HU so that the fixed [-1000, 1000] window of the
+#: shipped phantom model does not clip it.
+DENSE_CORTICAL_HU = (1200.0, 1900.0)
+
 L = TISSUE_LABELS  # short alias for the label assignments below
 _STREAMS = ("anatomy", "tissue", "airways", "vessels", "nodules", "noise")
 
@@ -177,10 +182,16 @@ def sample_anatomy(rng: np.random.Generator) -> ChestAnatomy:
     )
 
 
-def sample_tissue_hu(rng: np.random.Generator) -> np.ndarray:
-    """Per-seed base HU of each label (lookup table indexed by label), inside :data:`TISSUE_HU_RANGES`."""
+def sample_tissue_hu(rng: np.random.Generator, dense_bone: bool = False) -> np.ndarray:
+    """Per-seed base HU of each label (lookup table indexed by label), inside :data:`TISSUE_HU_RANGES`.
+
+    ``dense_bone`` draws cortical bone from :data:`DENSE_CORTICAL_HU` instead (the same random numbers are used,
+    so every other tissue keeps its value).
+    """
     lut = np.zeros(len(TISSUE_LABELS), dtype=np.float32)
     narrow = {"lung": (-870.0, -830.0)}  # the gravity gradient adds +-50 HU around the lung base value
+    if dense_bone:
+        narrow["cortical"] = DENSE_CORTICAL_HU
     for name, index in TISSUE_LABELS.items():
         low, high = narrow.get(name, TISSUE_HU_RANGES[name])
         margin = 0.15 * (high - low)
@@ -362,13 +373,15 @@ def generate_phantom(
     nodules: bool = True,
     noise: bool = True,
     return_labels: bool = False,
+    dense_bone: bool = False,
 ):
     """A procedural chest CT: ``(volume, spacing)`` or ``(volume, spacing, labels)`` with ``return_labels``.
 
     ``volume`` is float32 ``[size, size, size]`` in HU (LPS ``[z, y, x]``), ``spacing`` is ``(sz, sy, sx)`` mm
     (isotropic; default :func:`default_spacing`, a 360 mm field of view) and ``labels`` is uint8 with the
     classes of :data:`TISSUE_LABELS`. ``noise=False`` leaves out the correlated noise (the point-spread blur
-    stays, so boundary voxels mix their neighbours' values); ``nodules=False`` draws no lung nodules.
+    stays, so boundary voxels mix their neighbours' values); ``nodules=False`` draws no lung nodules;
+    ``dense_bone=True`` makes cortical bone 1200-1900 HU (:data:`DENSE_CORTICAL_HU`) instead of 700-1000 HU.
     """
     spacing_value = _validate(size, seed, spacing_mm)
     size = int(size)
@@ -377,7 +390,7 @@ def generate_phantom(
     # random numbers the resolution-dependent vessel trees consumed.
     streams = dict(zip(_STREAMS, (np.random.Generator(np.random.PCG64(s)) for s in np.random.SeedSequence(int(seed)).spawn(len(_STREAMS)))))
     anatomy = sample_anatomy(streams["anatomy"])
-    tissue_hu = sample_tissue_hu(streams["tissue"])
+    tissue_hu = sample_tissue_hu(streams["tissue"], dense_bone)
     grid = _Grid((size, size, size), spacing)
     labels = _draw_anatomy(grid, anatomy, streams, nodules)
 
@@ -808,12 +821,12 @@ def phantom_file_name(seed: int) -> str:
     return f"phantom_{seed:05d}.nii.gz"
 
 
-def _write_one(task: tuple[str, int, int, float | None, bool]) -> bool:
+def _write_one(task: tuple[str, int, int, float | None, bool, bool]) -> bool:
     """Generate and write one phantom; False when it already existed (and overwrite is off)."""
-    path, size, seed, spacing_mm, overwrite = task
+    path, size, seed, spacing_mm, overwrite, dense_bone = task
     if not overwrite and Path(path).exists():
         return False
-    volume, spacing = generate_phantom(size, seed, spacing_mm)
+    volume, spacing = generate_phantom(size, seed, spacing_mm, dense_bone=dense_bone)
     save_nifti(path, volume, spacing, dtype=np.int16, overwrite=overwrite)
     return True
 
@@ -828,6 +841,7 @@ def write_phantom_dataset(
     val_fraction: float = 0.1,
     overwrite: bool = False,
     progress: bool = True,
+    dense_bone: bool = False,
 ) -> dict:
     """Write ``num`` phantoms ``phantom_{seed+i:05d}.nii.gz`` (int16 HU, real affine) plus ``train.txt``/``val.txt``.
 
@@ -847,7 +861,7 @@ def write_phantom_dataset(
     out_dir = ensure_writable(out_dir)
     seeds = [seed + i for i in range(num)]
     paths = [out_dir / phantom_file_name(s) for s in seeds]
-    tasks = [(str(p), int(size), s, spacing_mm, overwrite) for p, s in zip(paths, seeds)]
+    tasks = [(str(p), int(size), s, spacing_mm, overwrite, dense_bone) for p, s in zip(paths, seeds)]
     bar = tqdm(total=num, desc="phantoms", unit="vol", disable=not progress)
     written = 0
     if workers == 1 or num == 1:

@@ -9,8 +9,17 @@ Output folder layout (never touches the sources)::
 
 Canonical grid: a cube of ``size`` voxels at ``spacing`` mm with identity LPS direction, so ``vol[k]`` is an
 axial slice with anterior at the top and the patient's right on the left, and ``k`` ascends towards the head.
-Intensities: ``hu`` stores int16 HU (the dataset maps them to [-1, 1] when loading); ``paper`` stores the
-paper's per-volume float32 [0, 1] volumes (train them with ``data.intensity=hu data.hu_window=[0,1]``).
+Intensities: ``hu`` stores int16 HU (the dataset maps them to [-1, 1] when loading); ``paper`` reproduces the
+official scripts step for step and stores their per-volume float32 [0, 1] volumes (train them with
+``data.intensity=paper``):
+
+* LIDC-IDRI (official ``scripts/preproc_lidc_idri.py``): cubic-spline zoom of the whole series to ``spacing``
+  mm (scipy, order 3, mode nearest; the zoom maps first to first and last to last voxel, so the spacing is
+  ``spacing`` only approximately, and it is recorded exactly), centre crop, clip below at -1000 HU, clip above at
+  the cube's own ``percentile`` (99.9), min-max to [0, 1]; then ``pool``.
+* RAD-ChestCT (official ``scripts/preproc_rad_chestct.py``): clip to [-1000, 1000] HU, centre crop of
+  ``paper_crop`` (256) voxels, trilinear zoom to ``size`` when it differs, clip above the result's
+  ``percentile`` (99.5), min-max to [0, 1].
 
 A rerun skips every case whose manifest row says ok and whose output exists, so an interrupted run resumes.
 """
@@ -50,6 +59,7 @@ VOLUME_DIR = "volumes"
 MANIFEST_NAME = "manifest.csv"
 SKIPPED_NAME = "skipped.csv"
 OPTIONS_NAME = "preprocess.json"
+RAD_PAPER_CEILING_HU = 1000.0  # the official RAD-ChestCT script clips to [-1000, 1000] HU first
 _MANIFEST_INTERVAL_S = 5.0  # how often a long run checkpoints its manifest
 
 
@@ -66,6 +76,7 @@ class PreprocessOptions:
     crop: Literal["center", "body"] = "center"
     interpolation: Literal["linear", "bspline"] = "linear"
     skip_small: bool = False  # the paper drops volumes smaller than the crop; we pad them by default
+    paper_crop: int = 256  # RAD-ChestCT paper route: the cube cut before zooming to ``size`` (the official 256)
     # DICOM
     all_series: bool = False
     min_slices: int = 10
@@ -119,21 +130,52 @@ def physical_center(image, index_center: np.ndarray | None = None) -> np.ndarray
     return np.array(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in index_center[::-1])))
 
 
+def official_zoom(hu: np.ndarray, factors: tuple[float, float, float], order: int, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """scipy's zoom as the official scripts call it (float64, corner-aligned); returns it and the scale of the
+    new voxel steps in old ones per [z, y, x] axis ((n_in - 1) / (n_out - 1))."""
+    from scipy import ndimage
+
+    zoomed = ndimage.zoom(hu.astype(np.float64), factors, order=order, mode=mode, cval=AIR_HU)
+    steps = np.array([(n - 1) / max(m - 1, 1) for n, m in zip(hu.shape, zoomed.shape)])
+    return zoomed, steps
+
+
+def canonical_axes(ct) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A loaded series flipped onto the identity LPS direction: ([z, y, x] HU, origin LPS, spacing (x, y, z)).
+
+    The paper route resamples the voxel grid itself (as the official script does), which needs an axis-aligned
+    series; flips are undone so that the crop and the written geometry are canonical.
+    """
+    direction = np.asarray(ct.direction, dtype=np.float64)
+    if not np.allclose(np.abs(direction), np.eye(3), atol=1e-3):
+        raise DataError("--normalize paper resamples the voxel grid like the official script and needs an axis-aligned "
+                        "series; use --normalize hu (and data.intensity=paper when training) for this one")
+    hu, origin, spacing = ct.hu, np.asarray(ct.origin, dtype=np.float64), np.asarray(ct.spacing, dtype=np.float64)
+    for axis in range(3):  # x, y, z; array axes are z, y, x
+        if direction[axis, axis] < 0:
+            origin = origin + direction[:, axis] * (hu.shape[2 - axis] - 1) * spacing[axis]
+            hu = np.flip(hu, axis=2 - axis)
+    return hu, origin, spacing
+
+
 def _finish(
-    hu: np.ndarray, spacing: float, origin: np.ndarray, options: PreprocessOptions, path: Path, row: ManifestRow
+    hu: np.ndarray, spacing, origin: np.ndarray, options: PreprocessOptions, path: Path, row: ManifestRow
 ) -> ManifestRow:
-    """Normalise, pool and write a [z, y, x] HU cube whose voxel [0, 0, 0] sits at ``origin`` (LPS x, y, z)."""
+    """Normalise, pool and write a [z, y, x] HU cube whose voxel [0, 0, 0] sits at ``origin`` (LPS x, y, z);
+    ``spacing`` is one isotropic value or per [z, y, x] axis."""
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
     row.hu_min, row.hu_max, row.hu_mean = float(hu.min()), float(hu.max()), float(hu.mean())
     row.hu_p99_9 = float(np.percentile(hu, 99.9))
     volume = paper_normalize(hu, options.percentile, ceiling=options.hu_ceiling) if options.normalize == "paper" else hu
     if options.pool > 1:
         volume = average_pool(volume, options.pool)
-        origin = origin + (options.pool - 1) / 2 * spacing  # a pooled voxel's centre is its block's centre
+        origin = origin + (options.pool - 1) / 2 * spacing[::-1]  # a pooled voxel's centre is its block's centre
         spacing = spacing * options.pool
     dtype = np.float32 if options.normalize == "paper" else np.int16
-    save_nifti(path, volume, (spacing,) * 3, origin=tuple(float(v) for v in origin), dtype=dtype, overwrite=True)
+    spacing_zyx = tuple(float(v) for v in spacing)
+    save_nifti(path, volume, spacing_zyx, origin=tuple(float(v) for v in origin), dtype=dtype, overwrite=True)  # type: ignore[arg-type]
     row.status, row.normalize = STATUS_OK, options.normalize
-    row.output_shape, row.output_spacing = list(volume.shape), [spacing] * 3
+    row.output_shape, row.output_spacing = list(volume.shape), list(spacing_zyx)
     return row
 
 
@@ -172,11 +214,20 @@ def process_dicom_case(case: DicomCase, out_dir: Path, options: PreprocessOption
             raise DataError(
                 f"{series.folder}: scan extent {np.round(extent).tolist()} mm is smaller than the {options.size}^3 crop (--skip-small)"
             )
+        path = out_dir / VOLUME_DIR / f"{case.case_id}.nii.gz"
+        row.output = path.relative_to(out_dir).as_posix()
+        if options.normalize == "paper":  # the official route: cubic zoom of the voxel grid, then an index crop
+            hu, origin, source_spacing = canonical_axes(ct)
+            zoomed, steps = official_zoom(hu, tuple(source_spacing[::-1] / spacing), order=3, mode="nearest")
+            start = np.array([(n - options.size) // 2 for n in zoomed.shape])
+            if options.crop == "body":
+                start = np.round(body_center(zoomed) - (options.size - 1) / 2).astype(int)
+            cube = crop_or_pad(zoomed, options.size, tuple(int(v) for v in start))  # type: ignore[arg-type]
+            new_spacing = steps * source_spacing[::-1]  # [z, y, x]
+            return CaseResult(_finish(cube, new_spacing, origin + (start * new_spacing)[::-1], options, path, row), bad_files)
         image = to_sitk_image(ct)
         center = physical_center(image, body_center(ct.hu) if options.crop == "body" else None)
         hu = resample_cube(image, options.size, spacing, center, options.interpolation)
-        path = out_dir / VOLUME_DIR / f"{case.case_id}.nii.gz"
-        row.output = path.relative_to(out_dir).as_posix()
         return CaseResult(_finish(hu, spacing, center - (options.size - 1) / 2 * spacing, options, path, row), bad_files)
     except DataError as error:
         row.reason, row.output = str(error), ""
@@ -194,6 +245,21 @@ def process_rad_case(source: Path, case_id: str, out_dir: Path, options: Preproc
         hu[hu < OUT_OF_FIELD_HU] = AIR_HU
         if options.hu_ceiling is not None:
             hu = np.clip(hu, AIR_HU, options.hu_ceiling)
+        path = out_dir / VOLUME_DIR / f"{case_id}.nii.gz"
+        if options.normalize == "paper":  # the official route: centre crop of paper_crop, then a trilinear zoom
+            hu = np.clip(hu, AIR_HU, options.hu_ceiling if options.hu_ceiling is not None else RAD_PAPER_CEILING_HU)
+            crop = options.paper_crop
+            if options.skip_small and any(n < crop for n in hu.shape):
+                raise DataError(f"{source}: volume {hu.shape} is smaller than the {crop}^3 crop (--skip-small)")
+            start = np.array([(n - crop) // 2 for n in hu.shape])
+            cube = crop_or_pad(hu, crop, tuple(int(v) for v in start))  # type: ignore[arg-type]
+            steps = np.ones(3)
+            if options.size != crop:
+                cube, steps = official_zoom(cube, (options.size / crop,) * 3, order=1, mode="constant")
+            new_spacing = steps * np.asarray(source_spacing, dtype=np.float64)
+            origin = np.array(centered_origin(hu.shape, source_spacing)) + (start * np.asarray(source_spacing))[::-1]  # type: ignore[arg-type]
+            row.output = path.relative_to(out_dir).as_posix()
+            return CaseResult(_finish(cube, new_spacing, origin, options, path, row), [])
         spacing = options.spacing if options.spacing is not None else min(source_spacing)
         extent = np.array(hu.shape) * np.array(source_spacing)
         if options.skip_small and (extent < options.size * spacing - 1e-6).any():
@@ -215,7 +281,6 @@ def process_rad_case(source: Path, case_id: str, out_dir: Path, options: Preproc
             center = physical_center(image, body_center(hu) if options.crop == "body" else None)
             cube = resample_cube(image, options.size, spacing, center, options.interpolation)
             origin = center - (options.size - 1) / 2 * spacing
-        path = out_dir / VOLUME_DIR / f"{case_id}.nii.gz"
         row.output = path.relative_to(out_dir).as_posix()
         return CaseResult(_finish(cube, float(spacing), origin, options, path, row), [])
     except DataError as error:

@@ -63,33 +63,35 @@ class Pipeline:
     @torch.inference_mode()  # no autograd bookkeeping at all during sampling (faster than no_grad)
     def sample_model_space(
         self, seeds: list[int], steps: int | None = None, sampler: str | None = None, progress: bool = False,
-        return_x0: bool = False,
+        return_x0: bool = False, grid: str = "prdit",
     ):
-        """One batch of volumes in model space [-1, 1] (and the final x0_hat when ``return_x0``)."""
+        """One batch of volumes in model space [-1, 1] (and the final x0_hat when ``return_x0``); ``grid="paper"``
+        walks the paper code's time grid (see :meth:`prdit.diffusion.IaNDiffusion.angles`)."""
         noise = torch.cat([self.initial_noise(seed) for seed in seeds]).to(self.device)
         generators = [torch.Generator(device=self.device).manual_seed(seed + 1) for seed in seeds]
         with autocast_for(self.precision, self.device):
             result = self.diffusion.sample(
                 self.model, tuple(noise.shape), sampler=sampler, steps=steps, generator=generators, noise=noise,
-                progress=progress, return_x0=return_x0,
+                progress=progress, return_x0=return_x0, grid=grid,
             )
         return tuple(r.float() for r in result) if return_x0 else result.float()
 
     def sample(
         self, n: int, steps: int | None = None, sampler: str | None = None, seed: int = 0, batch_size: int | None = None,
-        progress: bool = True,
+        progress: bool = True, grid: str = "prdit",
     ) -> torch.Tensor:
-        """``n`` volumes in HU, [n, 1, D, H, W] on the CPU; volume i uses seed ``seed + i``."""
+        """``n`` volumes in HU, [n, 1, D, H, W] on the CPU; volume i uses seed ``seed + i``. ``grid="paper"``: the
+        paper code's time grid (reproduces its samplers; prdit's default grid is more accurate at few steps)."""
         seeds = list(range(seed, seed + n))
         batch_size = batch_size or n
         chunks = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
         volumes = [
-            self.mapping.to_hu(self.sample_model_space(chunk, steps, sampler).cpu())
+            self.mapping.to_hu(self.sample_model_space(chunk, steps, sampler, grid=grid).cpu())
             for chunk in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) == 1)
         ]
         return torch.cat(volumes)
 
-    def sidecar(self, seed: int, sampler: str, steps: int) -> dict:
+    def sidecar(self, seed: int, sampler: str, steps: int, grid: str = "prdit") -> dict:
         return {
             "prdit_version": __version__,
             "model": self.model.name,
@@ -98,7 +100,8 @@ class Pipeline:
             "weights": self.weights,
             "sampler": sampler,
             "steps": steps,
-            "network_calls": self.diffusion.network_calls(sampler, steps),
+            "time_grid": grid,
+            "network_calls": self.diffusion.network_calls(sampler, steps, grid),
             "seed": seed,
             "intensity": self.mapping.to_dict(),
             "spacing_mm": list(self.spacing),
@@ -109,6 +112,7 @@ class Pipeline:
     def save_nifti(
         self, volumes: torch.Tensor | np.ndarray, out_dir: str | os.PathLike, seeds: list[int] | None = None,
         overwrite: bool = False, sampler: str | None = None, steps: int | None = None, previews: bool = True,
+        grid: str = "prdit",
     ) -> list[Path]:
         """Write each HU volume as ``sample_<seed>.nii.gz`` (int16, real affine) + JSON sidecar + PNG montage."""
         from prdit.preview import save_montage
@@ -121,7 +125,7 @@ class Pipeline:
         for seed, volume in zip(seeds, volumes):
             hu = volume[0] if volume.ndim == 4 else volume
             path = save_nifti(out_dir / f"{volume_name(seed)}.nii.gz", hu, self.spacing, dtype=np.int16, overwrite=overwrite)
-            atomic_write_text(out_dir / f"{volume_name(seed)}.json", json.dumps(self.sidecar(seed, sampler, steps), indent=2))
+            atomic_write_text(out_dir / f"{volume_name(seed)}.json", json.dumps(self.sidecar(seed, sampler, steps, grid), indent=2))
             if previews:
                 save_montage(hu, out_dir / f"{volume_name(seed)}.png", spacing=self.spacing, title=f"{self.model.name} seed {seed}")
             paths.append(path)
@@ -168,7 +172,7 @@ def load_pipeline(
 def sample_to_folder(
     pipeline: Pipeline, out_dir: str | os.PathLike, num_volumes: int, batch_size: int = 1, seed: int = 0,
     sampler: str | None = None, steps: int | None = None, overwrite: bool = False, rank: int = 0, world_size: int = 1,
-    progress: bool = True, save_raw: bool = False, save_x0: bool = False, grid: bool = True,
+    progress: bool = True, save_raw: bool = False, save_x0: bool = False, grid: bool = True, time_grid: str = "prdit",
 ) -> list[Path]:
     """Sample volumes ``seed .. seed + num_volumes - 1`` into ``out_dir``; existing ones are kept and skipped.
 
@@ -179,7 +183,7 @@ def sample_to_folder(
     out_dir = ensure_writable(out_dir, "--output-dir")
     sampler, steps = pipeline.diffusion.resolve(sampler, steps)
     seeds = list(range(seed, seed + num_volumes))[rank::world_size]
-    check_one_source(out_dir, pipeline.sidecar(seed, sampler, steps), redone=seeds if overwrite else [])
+    check_one_source(out_dir, pipeline.sidecar(seed, sampler, steps, time_grid), redone=seeds if overwrite else [])
     started = time.time()
 
     def done(s: int) -> bool:  # by an earlier run, or (with overwrite) by another sampler since this one started
@@ -212,10 +216,12 @@ def sample_to_folder(
                 break
             chunk = list(claims)
             began = time.perf_counter()
-            x, x0 = pipeline.sample_model_space(chunk, steps, sampler, progress=False, return_x0=True)
+            x, x0 = pipeline.sample_model_space(chunk, steps, sampler, progress=False, return_x0=True, grid=time_grid)
             pipeline.info["seconds_per_volume"] = round((time.perf_counter() - began) / len(chunk), 3)
             hu = pipeline.mapping.to_hu(x.cpu())
-            written += pipeline.save_nifti(hu, out_dir, seeds=chunk, overwrite=overwrite, sampler=sampler, steps=steps)
+            written += pipeline.save_nifti(
+                hu, out_dir, seeds=chunk, overwrite=overwrite, sampler=sampler, steps=steps, grid=time_grid
+            )
             for extra, enabled, suffix in ((x, save_raw, "raw"), (x0, save_x0, "x0")):
                 if enabled:
                     for s, volume in zip(chunk, extra.cpu().numpy()):
@@ -232,8 +238,10 @@ def sample_to_folder(
     return written
 
 
-# What makes two samples of one folder comparable: the same weights, sampler and number of steps.
-SOURCE_KEYS = ("checkpoint_sha256", "weights", "sampler", "steps")
+# What makes two samples of one folder comparable: the same weights, sampler, number of steps and time grid
+# (sidecars written before the paper's grid existed used prdit's).
+SOURCE_KEYS = ("checkpoint_sha256", "weights", "sampler", "steps", "time_grid")
+SOURCE_DEFAULTS = {"time_grid": "prdit"}
 
 
 def check_one_source(out_dir: Path, sidecar: dict, redone: Collection[int] = ()) -> None:
@@ -245,7 +253,8 @@ def check_one_source(out_dir: Path, sidecar: dict, redone: Collection[int] = ())
             seed = int(other["seed"])
         except (OSError, ValueError, KeyError, TypeError):
             raise PrditError(f"{path}: unreadable sample sidecar; remove it (and its volume) or choose another --output-dir") from None
-        differ = [f"{k} {other.get(k)} (here: {sidecar[k]})" for k in SOURCE_KEYS if other.get(k) != sidecar[k]]
+        values = {k: other.get(k, SOURCE_DEFAULTS.get(k)) for k in SOURCE_KEYS}
+        differ = [f"{k} {values[k]} (here: {sidecar[k]})" for k in SOURCE_KEYS if values[k] != sidecar[k]]
         if differ and seed not in set(redone):
             raise PrditError(
                 f"{out_dir} holds samples of another model or setting ({path.name}: {', '.join(differ)}); "

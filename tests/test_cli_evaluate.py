@@ -80,6 +80,24 @@ def test_mmd_msssim_and_offline_commands(folders, capsys):
     assert '"mmd2_rbf_unbiased"' in printed and '"pairs": 5' in printed
 
 
+def test_msssim_paper_protocol_uses_the_3_voxel_window(folders, capsys):
+    data = ["--data_root_fake", str(folders / "fake0"), "--max_pairs", "3"]
+    _run(["evaluate", "msssim", *data, "--protocol", "paper"])
+    paper = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    _run(["evaluate", "msssim", *data])
+    default = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert paper["fake"]["kernel"].startswith("gaussian 3^3") and paper["protocol"]["protocol"] == "paper"
+    assert default["fake"]["kernel"].startswith("gaussian 11^3") and paper["fake"]["scales"] > default["fake"]["scales"]
+    assert paper["fake"]["mean"] != pytest.approx(default["fake"]["mean"], abs=1e-3)
+
+
+def test_mmd_help_names_the_biased_rbf_estimator(capsys):
+    with pytest.raises(SystemExit):
+        _run(["evaluate", "mmd", "--help"])
+    text = capsys.readouterr().out
+    assert "biased RBF" in text and "unbiased, linear" not in text
+
+
 def test_wgan_trains_both_critics_then_evaluates(folders, capsys):
     argv = ["--seed", "0", "--save_path", str(folders / "critics"), "--batch_size", "4", "--img_size", "16", "--gpu_id", "-1",
             "--data_root_real", str(folders / "real"), "--data_root_fake_0", str(folders / "fake0"),

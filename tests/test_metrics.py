@@ -113,6 +113,11 @@ def test_ms_ssim_scale_rule(side, scales):
     assert ms_ssim_scales((side, side, side)) == scales
 
 
+@pytest.mark.parametrize("side, scales", [(16, 3), (32, 4), (128, 5)])
+def test_ms_ssim_scale_rule_with_the_papers_3_voxel_window(side, scales):
+    assert ms_ssim_scales((side, side, side), kernel_size=3) == scales
+
+
 def test_ms_ssim_scale_rule_rejects_tiny_volumes():
     with pytest.raises(ValueError, match="smaller than"):
         ms_ssim_scales((8, 8, 8))

@@ -175,3 +175,71 @@ def test_every_sampler_in_the_table_runs_through_one_call():
             diffusion.sample(model, (1, 1, 2, 2, 2), sampler=name, steps=3, progress=False, generator=torch.Generator().manual_seed(0),
                              callback=lambda i, t, x, x0: calls.append(i))
             assert len(calls) == diffusion.network_calls(name, 3) == spec.calls_per_step * 3
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The paper's time grid reproduces the official samplers (Fredy-Zhang/PRDiT 6a75fd2, diffusion/ian_diffusion.py),
+# written out independently below: seq = range(0, T, T // steps) walked down, the next time of 0 is 0.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def official_sampler(model, z, steps, predictor_corrector, generator, T=1000):
+    skip = T // steps
+    seq = list(range(0, T, skip))
+    following = [0] + seq[:-1]
+    x, x0 = z, None
+    for i, j in zip(reversed(seq), reversed(following)):
+        t = torch.full((z.shape[0],), float(i))
+        eps, x0 = model(x, t).chunk(2, dim=1)
+        if not predictor_corrector:  # "at" = 1 - t / T; the update is written in those terms
+            at, next_at = 1 - i / T, 1 - j / T
+            x = x - (at - next_at) * math.pi / 2 * (math.cos(at * math.pi / 2) * x0 - math.sin(at * math.pi / 2) * eps)
+            continue
+        h = (j - i) * math.pi / 2 / T
+        beta = i / T * math.pi / 2
+        slope = math.sin(beta) * x0 - math.cos(beta) * eps
+        if i - 2 * (i - j) > 0:
+            predicted = x - 2 * h * slope
+            a = math.cos((i - (i - j)) / T * math.pi / 2) / math.cos((i - 2 * (i - j)) / T * math.pi / 2)
+            x = a * predicted + math.sqrt(max(1 - a * a, 0.0)) * 0.5 * torch.randn(x.shape, generator=generator)
+        else:
+            x = x - h * slope
+    return x, x0
+
+
+@pytest.mark.parametrize("sampler, steps", [("ian-euler", 20), ("ian-euler", 7), ("ian-pc", 20), ("ian-pc", 1000)])
+def test_paper_grid_reproduces_the_official_samplers(sampler, steps):
+    diffusion = create_diffusion(process="ian")
+    model = MixtureDenoiser(diffusion, *MIXTURE)
+    shape = (2, 1, 6, 6, 6)
+    z = 0.5 * torch.randn(shape, generator=torch.Generator().manual_seed(0))  # the official start: randn * 0.5
+    expected, expected_x0 = official_sampler(model, z, steps, sampler == "ian-pc", torch.Generator().manual_seed(5))
+    x, x0 = diffusion.sample(model, shape, sampler, steps, noise=z / 0.5, generator=torch.Generator().manual_seed(5),
+                             progress=False, return_x0=True, grid="paper")
+    torch.testing.assert_close(x, expected, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(x0, expected_x0, atol=2e-5, rtol=1e-5)
+    calls = []
+    diffusion.sample(model, shape, sampler, steps, noise=z / 0.5, progress=False, grid="paper",
+                     callback=lambda i, t, x, x0: calls.append(t))
+    seq = range(0, 1000, 1000 // steps)  # pure noise is taken to be the state at seq[-1]; the last call is at t = 0
+    assert calls == [float(t) for t in reversed(seq)]
+
+
+def test_hot_pc_corrects_only_while_its_two_step_target_is_above_zero():
+    draws = []
+    counting = lambda: draws.append(1) or torch.zeros(1)  # noqa: E731
+    still = lambda x, phi: (torch.zeros_like(x), torch.zeros_like(x))  # noqa: E731
+    phis = [(10 - k) / 10 * math.pi / 2 for k in range(11)]  # t = 1000, 900, .., 0
+    samplers.ian_pc(still, torch.zeros(1), phis, counting, 0.5)
+    assert len(draws) == 8  # t = 1000 .. 300 correct; the steps from t = 200 (target 0) and t = 100 are Euler
+    draws.clear()
+    samplers.ian_pc(still, torch.zeros(1), create_diffusion(process="ian").angles(10, grid="paper"), counting, 0.5)
+    assert len(draws) == 7  # the official rule: t = 900 .. 300 (i - 2 * skip > 0)
+
+
+def test_the_paper_grid_is_for_the_ian_process_only():
+    with pytest.raises(ConfigError, match="grid"):
+        create_diffusion(process="flow").sample(MixtureDenoiser(create_diffusion(process="flow"), *GAUSSIAN), (1, 1, 4, 4, 4),
+                                                steps=2, progress=False, grid="paper")
+    with pytest.raises(ConfigError, match="grid"):
+        create_diffusion(process="ian").sample(None, (1, 1, 4, 4, 4), steps=2, progress=False, grid="official")

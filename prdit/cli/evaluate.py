@@ -151,21 +151,25 @@ def _add_msssim_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser, real_required=False)
     parser.add_argument("--max_pairs", type=int, default=100, help="at most this many random unordered pairs per set (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pair subset (default 0)")
+    parser.add_argument("--protocol", choices=["prdit", "paper"], default="prdit",
+                        help="prdit: 11^3 Gaussian window (the usual SSIM window, default); paper: 3^3 window as the "
+                        "paper's evaluation, for numbers comparable with its table")
     _add_output_arguments(parser)
 
 
 def _run_msssim(args: argparse.Namespace) -> None:
-    from prdit.evaluation.metrics import ms_ssim_diversity
+    from prdit.evaluation.metrics import MS_SSIM_KERNEL, MS_SSIM_PAPER_KERNEL, ms_ssim_diversity
 
     out = _output_path(args)
+    kernel = MS_SSIM_PAPER_KERNEL if args.protocol == "paper" else MS_SSIM_KERNEL
     fake = _load(args, "data_root_fake", "fake")
-    result = {"fake": ms_ssim_diversity(fake.model_space(), max_pairs=args.max_pairs, seed=args.seed)}
+    result = {"fake": ms_ssim_diversity(fake.model_space(), max_pairs=args.max_pairs, seed=args.seed, kernel_size=kernel)}
     if args.data_root_real:
         real = _load(args, "data_root_real", "real")
-        result["real"] = ms_ssim_diversity(real.model_space(), max_pairs=args.max_pairs, seed=args.seed)
+        result["real"] = ms_ssim_diversity(real.model_space(), max_pairs=args.max_pairs, seed=args.seed, kernel_size=kernel)
     result["protocol"] = {"n_fake": len(fake), "fake_source": fake.source, "n_real": len(real) if args.data_root_real else None,
                           "image_size": list(fake.shape), "resize": args.resize, "dataset": args.dataset,
-                          "input_space": args.space, "meaning": "mean MS-SSIM between generated volumes; lower = more diverse"}
+                          "input_space": args.space, "protocol": args.protocol, "meaning": "mean MS-SSIM between generated volumes; lower = more diverse"}
     reference = f" (real: {result['real']['mean']:.4f})" if "real" in result else ""
     _emit(f"MS-SSIM diversity: {result['fake']['mean']:.4f}{reference} over {result['fake']['pairs']} unordered pairs", result, out, args.overwrite)
 
@@ -268,7 +272,7 @@ def _run_wgan(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
     "fid": ("3D FID on MedicalNet ResNet-50 features", _add_feature_metric_arguments, _run_fid),
-    "mmd": ("MMD on MedicalNet features (paper protocol, unbiased, linear)", _add_feature_metric_arguments, _run_mmd),
+    "mmd": ("MMD on MedicalNet features (paper protocol: biased RBF MMD, median-heuristic bandwidth)", _add_feature_metric_arguments, _run_mmd),
     "msssim": ("3D MS-SSIM diversity of generated volumes", _add_msssim_arguments, _run_msssim),
     "wgan": ("train WGAN-GP critics (real vs fake_0, fake_1) or --eval their Wasserstein estimate", _add_wgan_arguments, _run_wgan),
     "offline": ("weightless metrics: HU histogram, tissue fractions, radial power spectrum", _add_offline_arguments, _run_offline),

@@ -33,10 +33,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="seed-compatible name of --batch-size (volumes per forward pass)")
     parser.add_argument("--sampler", default=None, help="sampler name (default: the checkpoint's diffusion default); see --list-samplers")
     parser.add_argument("--new", action="store_true", help="seed-compatible: the paper's hot predictor-corrector sampler (ian-pc)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the sampler's own default)")
+    parser.add_argument("--steps", "--num-sampling-steps", "--num_sampling_steps", dest="steps", type=int, default=None,
+                        help="sampling steps (default: the sampler's own default); --num-sampling-steps is the paper's name")
+    parser.add_argument("--grid", choices=["prdit", "paper"], default="prdit",
+                        help="time grid: prdit (default; starts at pure noise, more accurate at few steps) or paper (the "
+                        "paper code's range(0, T, T // steps): reproduces its samplers exactly)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first volume (default 0)")
     parser.add_argument("--ema", dest="ema", action="store_true", default=True, help="use the EMA weights (default)")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw training weights")
+    parser.add_argument("--weights", choices=["ema", "model"], default=None, help="ema (default) or model (raw); = --ema / --no-ema")
     add_device_argument(parser)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--overwrite", action="store_true", help="redo volumes that already exist in --output-dir")
@@ -72,6 +77,8 @@ def _run_sample(args: argparse.Namespace) -> None:
     if args.new and args.sampler not in (None, "ian-pc"):
         raise PrditError(f"--new selects the ian-pc sampler but --sampler {args.sampler} was given; pass one of them")
     sampler = "ian-pc" if args.new else args.sampler
+    if args.weights is not None:
+        args.ema = args.weights == "ema"
     num_volumes = _pick(args, "num_volumes", "total_samples", 4)
     batch_size = _pick(args, "batch_size", "num_samples", 1)
     info = setup_distributed(args.device)
@@ -88,7 +95,7 @@ def _run_sample(args: argparse.Namespace) -> None:
         written = sample_to_folder(
             pipeline, out_dir, num_volumes, batch_size=batch_size, seed=args.seed, sampler=sampler, steps=args.steps,
             overwrite=args.overwrite, rank=info.rank, world_size=info.world_size, progress=args.progress and info.is_main,
-            save_raw=args.save_raw, save_x0=args.save_x0, grid=not info.enabled,
+            save_raw=args.save_raw, save_x0=args.save_x0, grid=not info.enabled, time_grid=args.grid,
         )
         print(f"wrote {len(written)} volume(s) to {out_dir}" + (f" (rank {info.rank})" if info.enabled else ""))
         if info.enabled:  # the grid shows every rank's volumes, so it waits for all of them

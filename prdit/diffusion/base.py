@@ -101,9 +101,10 @@ class Diffusion:
         name = self.check_sampler(sampler or self.default_sampler)
         return name, steps or self.sample_steps or self.sampler_specs[name].default_steps
 
-    def network_calls(self, sampler: str, steps: int) -> int:
+    def network_calls(self, sampler: str, steps: int, grid: str = "prdit") -> int:
+        """Network calls of ``sampler`` with ``steps`` on a time grid (``paper``: one per time of the paper's grid)."""
         spec = self.sampler_specs[self.check_sampler(sampler)]
-        return spec.calls_per_step * steps
+        return spec.calls_per_step * (steps if grid == "prdit" else len(self.time_grid(steps, grid)) - 1)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t for network timesteps ``t`` [B] and standard-normal ``noise``."""
@@ -124,8 +125,9 @@ class Diffusion:
     def network_time(self, time: float) -> float:
         raise NotImplementedError
 
-    def time_grid(self, steps: int) -> list[float]:
-        """The sampling times in the process's own units, from pure noise to data (``steps + 1`` of them)."""
+    def time_grid(self, steps: int, grid: str = "prdit") -> list[float]:
+        """The sampling times in the process's own units, from pure noise to data (``steps + 1`` of them on
+        prdit's grid; ``grid="paper"``: the paper code's grid, IaN only)."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -141,6 +143,7 @@ class Diffusion:
         return_x0: bool = False,
         guidance: Guidance | None = None,
         callback: Callable[[int, float, torch.Tensor, torch.Tensor], None] | None = None,
+        grid: str = "prdit",
     ):
         """Draw samples of ``shape`` [B, C, D, H, W] from pure noise; returns x (and the last x0_hat).
 
@@ -150,10 +153,14 @@ class Diffusion:
         before it is used (flow-heun then skips its last correction: one network call less); it runs under no_grad
         (enable gradients inside it if it needs them).
         ``callback(i, t, x, x0_hat)`` is called after network call i (t in network units), e.g. for previews.
+        ``grid="paper"`` (IaN only) walks the paper code's time grid instead of prdit's (see
+        :meth:`prdit.diffusion.IaNDiffusion.angles`), which reproduces the official samplers exactly.
         """
+        if grid not in ("prdit", "paper"):
+            raise ConfigError(f"time grid {grid!r} is unknown; valid: prdit, paper")
         sampler, steps = self.resolve(sampler, steps)
         spec = self.sampler_specs[sampler]
-        grid = self.time_grid(steps)
+        times = self.time_grid(steps, grid)
         shape = tuple(shape)
         if noise is not None:
             if tuple(noise.shape) != shape:
@@ -167,7 +174,7 @@ class Diffusion:
             device = next((p.device for p in getattr(model, "parameters", lambda: iter(()))()), torch.device("cpu"))
         x = normal(shape, generator, device) if noise is None else noise.float()
         x = self.noise_scale * x
-        bar = tqdm(total=self.network_calls(sampler, steps), desc=f"{sampler} ({steps} steps)", disable=not progress, leave=False)
+        bar = tqdm(total=self.network_calls(sampler, steps, grid), desc=f"{sampler} ({steps} steps)", disable=not progress, leave=False)
         calls = 0
 
         def denoise(x: torch.Tensor, time: float):
@@ -180,6 +187,6 @@ class Diffusion:
             return first, second
 
         run = spec.guided_fn if guidance is not None and spec.guided_fn is not None else spec.fn
-        x, x0 = run(denoise, x, grid, lambda: normal(shape, generator, device))
+        x, x0 = run(denoise, x, times, lambda: normal(shape, generator, device))
         bar.close()
         return (x, x0) if return_x0 else x

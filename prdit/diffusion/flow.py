@@ -66,7 +66,9 @@ class FlowDiffusion(Diffusion):
             x0_hat = guided
         return v, x0_hat
 
-    def time_grid(self, steps: int) -> list[float]:
+    def time_grid(self, steps: int, grid: str = "prdit") -> list[float]:
+        if grid != "prdit":
+            raise ConfigError(f"the {grid!r} time grid is the paper's IaN grid; the flow process has only its own")
         if steps < 1:
             raise ConfigError(f"sample steps must be at least 1, got {steps}")
         return torch.linspace(0, 1, steps + 1, dtype=torch.float64).tolist()

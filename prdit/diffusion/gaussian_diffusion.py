@@ -80,17 +80,26 @@ class IaNDiffusion(Diffusion):
         # the last trained timestep, whose signal amplitude cos(phi) = pi / (2T) is negligible.
         return float(min(round(phi / (math.pi / 2) * self.num_timesteps), self.num_timesteps - 1))
 
-    def time_grid(self, steps: int) -> list[float]:
-        return self.angles(steps)
+    def time_grid(self, steps: int, grid: str = "prdit") -> list[float]:
+        return self.angles(steps, grid)
 
-    def angles(self, steps: int) -> list[float]:
-        """The sampling grid: t_i = round(i T / steps) for i = steps .. 0, as angles from pi/2 down to 0.
+    def angles(self, steps: int, grid: str = "prdit") -> list[float]:
+        """The sampling grid as angles from noise to data.
 
-        It is the paper's ``range(0, T, T // steps)`` plus the endpoint T, so sampling starts at pure noise
-        exactly; when ``steps`` does not divide T the timesteps are rounded to the nearest integer.
+        ``prdit``: t_i = round(i T / steps) for i = steps .. 0, from pi/2 down to 0: the paper's
+        ``range(0, T, T // steps)`` plus the endpoint T, so sampling starts at pure noise exactly (when ``steps``
+        does not divide T the timesteps are rounded to the nearest integer). ``paper``: the paper code's grid,
+        ``range(0, T, T // steps)`` walked down from T - T // steps (where it takes pure noise to be) to 0 and
+        then one step from 0 to 0, whose network call gives the x0_hat the paper's code saves. It reproduces the
+        official samplers exactly; it takes pure noise to be the state at T - T // steps, which leaves an error
+        floor (two-mode mixture, Euler, RMS from the exact flow map in data stds: 0.0078 at 1000 steps against
+        prdit's 0.0005; 0.075 against 0.046 at 20 steps).
         """
         if not 1 <= steps <= self.num_timesteps:
             raise ConfigError(f"sample steps must be between 1 and diffusion.timesteps={self.num_timesteps}, got {steps}")
+        if grid == "paper":
+            times = list(range(0, self.num_timesteps, self.num_timesteps // steps))[::-1] + [0]
+            return [t / self.num_timesteps * (math.pi / 2) for t in times]
         return [round(i * self.num_timesteps / steps) / self.num_timesteps * (math.pi / 2) for i in range(steps, -1, -1)]
 
     def predict(self, model, x: torch.Tensor, phi: float, guidance: Guidance | None) -> tuple[torch.Tensor, torch.Tensor]:

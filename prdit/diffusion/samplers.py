@@ -40,13 +40,14 @@ def ian_pc(denoise: Denoise, x: torch.Tensor, phis: Sequence[float], noise: Nois
 
     Predictor: a deterministic Euler jump of two steps, phi_i -> phi_(i+2). Corrector: exact forward re-noising
     back to phi_(i+1), x <- a x + sqrt(1 - a^2) sigma z with a = cos(phi_(i+1)) / cos(phi_(i+2)), which keeps
-    the marginal of the process. The last step, where a two-step jump would pass the data end, is plain Euler.
+    the marginal of the process. As in the paper's code, a step predicts and corrects only while its two-step
+    target lies above the data end (phi_(i+2) > 0); the last two steps are plain Euler.
     """
     n = len(phis) - 1
     for i in range(n):
         x0, eps = denoise(x, phis[i])
         slope = -math.sin(phis[i]) * x0 + math.cos(phis[i]) * eps
-        if i + 2 <= n:
+        if i + 2 <= n and phis[i + 2] > 0:
             x = x + (phis[i + 2] - phis[i]) * slope
             a = math.cos(phis[i + 1]) / math.cos(phis[i + 2])
             x = a * x + math.sqrt(1 - a * a) * sigma * noise()

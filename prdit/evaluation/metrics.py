@@ -19,6 +19,7 @@ import torch
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003
 MS_SSIM_KERNEL = 11
+MS_SSIM_PAPER_KERNEL = 3  # the paper's evaluation (MultiScaleSSIMMetric(kernel_size=3)): numbers comparable with its table
 MS_SSIM_SIGMA = 1.5
 
 
@@ -146,12 +147,17 @@ def ms_ssim_scales(shape: tuple[int, ...], kernel_size: int = MS_SSIM_KERNEL) ->
     raise ValueError(f"volumes of shape {tuple(shape)} are smaller than the {kernel_size}-voxel SSIM kernel")
 
 
-def ms_ssim_diversity(volumes: np.ndarray | torch.Tensor, max_pairs: int = 100, seed: int = 0, batch_voxels: int = 2**21) -> dict:
+def ms_ssim_diversity(
+    volumes: np.ndarray | torch.Tensor, max_pairs: int = 100, seed: int = 0, batch_voxels: int = 2**21,
+    kernel_size: int = MS_SSIM_KERNEL,
+) -> dict:
     """Mean 3D MS-SSIM over *unordered* pairs (i < j) of volumes in [-1, 1], shape [N, D, H, W] (lower = more diverse).
 
-    MS-SSIM is symmetric, so ordered pairs would count each pair twice. With more than ``max_pairs`` pairs, a
-    seeded random subset is used. Pairs are batched up to ``batch_voxels`` voxels per side of the comparison.
-    Returns the mean, its standard deviation, the pair count and the scales used.
+    MS-SSIM is symmetric, so ordered pairs would count each pair twice (the paper's script loops over ordered
+    pairs: the same mean). With more than ``max_pairs`` pairs, a seeded random subset is used. Pairs are batched
+    up to ``batch_voxels`` voxels per side of the comparison. ``kernel_size`` is the Gaussian window (11, the
+    usual SSIM window; the paper used 3, :data:`MS_SSIM_PAPER_KERNEL`). Returns the mean, its standard
+    deviation, the pair count and the scales used.
     """
     from monai.metrics.regression import compute_ms_ssim
 
@@ -162,7 +168,7 @@ def ms_ssim_diversity(volumes: np.ndarray | torch.Tensor, max_pairs: int = 100, 
     if len(pairs) > max_pairs:
         chosen = np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False)
         pairs = [pairs[i] for i in sorted(chosen)]
-    scales = ms_ssim_scales(tuple(x.shape[1:]))
+    scales = ms_ssim_scales(tuple(x.shape[1:]), kernel_size)
     weights = np.array(MS_SSIM_WEIGHTS[:scales]) / sum(MS_SSIM_WEIGHTS[:scales])
     unit = ((x.clamp(-1, 1) + 1) / 2).unsqueeze(1)  # [0, 1], data_range 1
     batch_size = max(1, batch_voxels // int(np.prod(x.shape[1:])))
@@ -170,7 +176,7 @@ def ms_ssim_diversity(volumes: np.ndarray | torch.Tensor, max_pairs: int = 100, 
     for start in range(0, len(pairs), batch_size):
         first, second = zip(*pairs[start : start + batch_size])
         score = compute_ms_ssim(unit[list(first)], unit[list(second)], spatial_dims=3, data_range=1.0,
-                                kernel_size=MS_SSIM_KERNEL, kernel_sigma=MS_SSIM_SIGMA, weights=tuple(weights))
+                                kernel_size=kernel_size, kernel_sigma=MS_SSIM_SIGMA, weights=tuple(weights))
         values.append(score.flatten())
     scores = torch.cat(values).double().numpy()
     return {
@@ -180,6 +186,6 @@ def ms_ssim_diversity(volumes: np.ndarray | torch.Tensor, max_pairs: int = 100, 
         "pairing": "unordered (i < j)",
         "scales": scales,
         "weights": [round(float(w), 6) for w in weights],
-        "kernel": f"gaussian {MS_SSIM_KERNEL}^3, sigma {MS_SSIM_SIGMA}",
+        "kernel": f"gaussian {kernel_size}^3, sigma {MS_SSIM_SIGMA}",
         "data_range": "[-1, 1] mapped to [0, 1]",
     }

@@ -19,6 +19,7 @@ import torch
 
 from prdit.errors import CheckpointError
 from prdit.io import atomic_write, sha256_file
+from prdit.models.official import from_official_checkpoint, is_official_checkpoint
 from prdit.runs import point_latest, resolve_checkpoint
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
@@ -144,6 +145,8 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, weights: st
     part of the local denoiser unloaded: that means another architecture, not a stage-1 -> stage-2 handoff.
     """
     state = load_checkpoint(path)
+    if is_official_checkpoint(state):  # a stage-1 checkpoint of the paper's own code
+        state = from_official_checkpoint(state)
     source = state.get(weights) or state.get("model")
     if source is None:
         raise CheckpointError(f"{path}: no '{weights}' weights in the checkpoint")
@@ -182,10 +185,16 @@ def export_weights(
     overwrite: bool = False,
 ) -> Path:
     """Write one set of weights of a checkpoint (fp16 by default) + its ``meta`` as a ``.safetensors`` file."""
+    source = resolve_checkpoint(checkpoint)
+    return export_state(load_checkpoint(source), source, out_path, weights, half, overwrite)
+
+
+def export_state(
+    state: dict, source: Path, out_path: str | os.PathLike, weights: str = "ema", half: bool = True, overwrite: bool = False,
+) -> Path:
+    """Write one set of weights of a loaded checkpoint ``state`` (read from ``source``) as ``.safetensors``."""
     from safetensors.torch import save
 
-    source = resolve_checkpoint(checkpoint)
-    state = load_checkpoint(source)
     if weights not in state:
         raise CheckpointError(f"{source}: no '{weights}' weights to export (it has: {', '.join(k for k in ('model', 'ema') if k in state)})")
     tensors = {k: (v.half() if half and v.is_floating_point() else v).contiguous() for k, v in state[weights].items()}

@@ -128,6 +128,7 @@ class TrainingConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     max_bad_steps: int = Field(20, ge=1, description="consecutive non-finite/exploding steps before aborting")
     spike_factor: float = Field(0.0, ge=0, description="skip steps whose loss exceeds this times the running mean (0: off)")
+    max_loss: float | None = Field(1e5, gt=0, description="skip steps whose loss exceeds this (the paper's code: 1e5; null: off)")
 
 
 class OutputConfig(Section):
@@ -144,6 +145,9 @@ class LoggingConfig(Section):
     num_preview_samples: int = Field(2, ge=0)
     eval_noise_level: float = Field(
         0.5, ge=0, le=1, description="validation: MSE of x0_hat at this noise level (0 clean .. 1 pure noise)"
+    )
+    eval_timestep: float | None = Field(
+        None, ge=0, description="validate at this network timestep instead of eval_noise_level (the paper's code: 100)"
     )
 
 

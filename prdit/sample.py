@@ -30,6 +30,7 @@ from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import atomic_write_text, ensure_writable, load_volume, save_nifti, sha256_file
 from prdit.models import create_model
+from prdit.models.official import from_official_checkpoint, is_official_checkpoint
 from prdit.runs import resolve_checkpoint
 from prdit.runtime import autocast_for, resolve_device
 
@@ -134,15 +135,23 @@ class Pipeline:
 
 def load_pipeline(
     ckpt: str | os.PathLike, device: str | torch.device | None = None, use_ema: bool = True, precision: str = "auto",
+    hu_range: tuple[float, float] | None = None,
 ) -> Pipeline:
-    """Load a checkpoint file, a run folder (its ``latest`` checkpoint), a run pattern, or exported ``.safetensors``."""
+    """Load a checkpoint file, a run folder (its ``latest`` checkpoint), a run pattern, or exported ``.safetensors``.
+
+    A checkpoint written by the paper's official ``train.py`` is recognised and converted on the fly; it carries
+    no HU mapping, so samples map back to HU through ``hu_range`` (default [-1000, 1000], recorded as assumed).
+    """
     exported = str(ckpt).endswith(".safetensors")
     path = Path(ckpt) if exported else resolve_checkpoint(ckpt)
     state = load_exported(path) if exported else load_checkpoint(path)
+    if is_official_checkpoint(state):
+        state = from_official_checkpoint(state, hu_range)
     meta = CheckpointMeta.from_dict(state.get("meta"), path)
     weights = "ema" if use_ema and state.get("ema") else "model" if state.get("model") else "ema"
     if not isinstance(state.get(weights), dict):
         raise CheckpointError(f"{path}: no model weights inside; was it written by prdit?")
+    source = state["meta"].get("source")  # where a converted checkpoint came from
     device = resolve_device(device)
     try:
         diffusion = create_diffusion(DiffusionConfig.model_validate(meta.diffusion))
@@ -165,7 +174,7 @@ def load_pipeline(
     return Pipeline(
         model=model, diffusion=diffusion, mapping=mapping, spacing=spacing,  # type: ignore[arg-type]
         input_size=meta.input_size, device=device, checkpoint=path, checkpoint_sha256=sha256_file(path), weights=weights,
-        precision=precision, info={"trained_steps": state.get("step")},
+        precision=precision, info={"trained_steps": state.get("step"), **({"source": source} if source else {})},
     )
 
 

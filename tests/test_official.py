@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -225,3 +226,74 @@ def test_converted_weights_give_the_official_networks_output(name, size):
             wrong[f"{key}.weight"] = wrong[f"{key}.weight"].roll(1, dims=0)
     with torch.no_grad():
         assert (official_forward(wrong, x, t, spec.patch, stride, spec.depth, spec.num_heads) - got).abs().max() > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Whole official checkpoints: load_pipeline, stage-1 initialisation, prdit convert
+# ----------------------------------------------------------------------------------------------------------
+
+
+def write_official_checkpoint(path, name="PRDiT-XS/10/1", image_size=16, task="lidc"):
+    """What the official train.py saves: {model, ema, config (a plain dict), epoch, train_steps}."""
+    spec, stride = official_spec(name)
+    shapes = official_shapes(spec.hidden_size, spec.patch, stride, spec.depth)
+    state = {
+        "model": official_state_dict(shapes, seed=1), "ema": official_state_dict(shapes, seed=2),
+        "config": {"data": {"image_size": image_size, "task": task, "path": "", "normalize": True},
+                   "model": {"name": name, "in_channels": 1, "out_channels": 2, "num_classes": 1, "flash_attn": True},
+                   "training": {"batch_size": 64, "learning_rate": 1e-4}},
+        "epoch": 7, "train_steps": 1234,
+    }
+    torch.save(state, path)
+    return state
+
+
+def test_load_pipeline_reads_an_official_checkpoint_and_gives_its_networks_output(tmp_path):
+    from prdit import load_pipeline
+
+    state = write_official_checkpoint(tmp_path / "000123.pt")
+    x = 0.5 * torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500])
+    for use_ema, key in ((True, "ema"), (False, "model")):
+        pipeline = load_pipeline(tmp_path / "000123.pt", device="cpu", use_ema=use_ema)
+        with torch.no_grad():
+            torch.testing.assert_close(pipeline.model(x, t), official_forward(state[key], x, t, 10, 8, 1, 6), atol=2e-5, rtol=1e-5)
+    assert pipeline.model.name == "PRDiT-XS/10/1" and pipeline.info["trained_steps"] == 1234
+    assert pipeline.spacing == (16.0, 16.0, 16.0)  # official LIDC volumes: 1 mm at 256^3 (2 mm pooled to 128^3)
+    sidecar = pipeline.sidecar(0, "ian-euler", 2)
+    assert sidecar["source"]["hu_range"] == [-1000.0, 1000.0] and sidecar["source"]["hu_range_note"].startswith("assumed")
+    volume = pipeline.sample(1, steps=2, sampler="ian-euler", progress=False, grid="paper")
+    assert volume.shape == (1, 1, 16, 16, 16) and -1000.0 <= volume.min() and volume.max() <= 1000.0
+
+
+def test_official_rad_checkpoints_train_in_the_unit_range(tmp_path):
+    from prdit import load_pipeline
+
+    write_official_checkpoint(tmp_path / "rad.pt", task="rad_chestct")
+    pipeline = load_pipeline(tmp_path / "rad.pt", device="cpu", hu_range=(-1000.0, 800.0))
+    assert pipeline.mapping.model_range == (0.0, 1.0)  # the official RAD loader never applies 2x - 1
+    np.testing.assert_allclose(pipeline.mapping.to_hu(np.array([0.0, 1.0])), [-1000.0, 800.0])
+    assert pipeline.sidecar(0, "ian-2m", 2)["source"]["hu_range_note"] == "given by the user"
+
+
+def test_a_stage2_model_starts_from_an_official_stage1_checkpoint(tmp_path):
+    from prdit.checkpoint import load_pretrained
+
+    state = write_official_checkpoint(tmp_path / "stage1.pt", name="PRDiT-XS/10/0")
+    model = create_model("PRDiT-XS/10/2", input_size=16)
+    report = load_pretrained(model, tmp_path / "stage1.pt", weights="model")  # the paper's choice: raw weights
+    expected = from_official(state["model"], 8)
+    assert report.loaded and all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
+    assert all(k.startswith(("dit.", "fine_head.")) for k in report.new)
+
+
+def test_bad_official_configs_are_named():
+    from prdit.models.official import from_official_checkpoint
+
+    state = {"model": official_state_dict(official_shapes(192, 4, 4, 0)), "config": {"model": {"name": "PRDiT-XS/4/0"}}}
+    with pytest.raises(CheckpointError, match="LOW < HIGH"):
+        from_official_checkpoint(state, (500.0, -500.0))
+    with pytest.raises(CheckpointError, match="DDPM baseline"):
+        from_official_checkpoint({**state, "config": {"model": {"name": "PRDiT-XS/4/0", "out_channels": 1}}})
+    with pytest.raises(CheckpointError, match="config.model.name"):
+        from_official_checkpoint({"model": state["model"]})

@@ -132,6 +132,31 @@ def test_non_finite_steps_are_skipped_then_reported(blob_data, tmp_path, monkeyp
         train(make_config(blob_data, tmp_path, total_steps=12, max_bad_steps=3), quiet())
 
 
+def test_losses_above_max_loss_are_skipped_like_the_papers_code(blob_data, tmp_path):
+    # Blob losses are about 0.1-1; with max_loss below that, every step is skipped and the run stops with advice.
+    with pytest.raises(PrditError, match="3 steps in a row"):
+        train(make_config(blob_data, tmp_path, total_steps=6, max_loss=1e-6, max_bad_steps=3), quiet())
+    run = train(make_config(blob_data, tmp_path / "ok", total_steps=2), quiet())  # the default 1e5 leaves them alone
+    assert not any(r.get("skipped_step") for r in read_log(run / "log.jsonl"))
+
+
+def test_validation_at_a_fixed_timestep_is_the_papers_best_checkpoint_score():
+    from contextlib import nullcontext
+
+    from prdit.diffusion import MixtureDenoiser, create_diffusion
+    from prdit.train.trainer import validation_mse
+
+    diffusion = create_diffusion(process="ian")
+    model = MixtureDenoiser(diffusion, [1.0], [0.2], [0.3])
+    volumes = 0.2 + 0.3 * torch.randn(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+    at_100 = validation_mse(model, diffusion, volumes, 0.5, seed=3, autocast=nullcontext(), timestep=100)
+    noise = torch.randn(volumes.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.full((2,), 100.0)
+    expected = torch.mean((diffusion.predict_x0(model, diffusion.q_sample(volumes, t, noise), t) - volumes) ** 2)
+    assert at_100 == pytest.approx(float(expected), rel=1e-6)
+    assert validation_mse(model, diffusion, volumes, 0.5, seed=3, autocast=nullcontext()) > 2 * at_100  # t = 100 is cleaner
+
+
 def test_two_ddp_processes_equal_one_process_with_accumulation(blob_data, tmp_path):
     single = train(make_config(blob_data, tmp_path / "one", micro_batch_size=2, total_steps=4), quiet())
     config_path = tmp_path / "ddp.yaml"

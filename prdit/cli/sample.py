@@ -42,6 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ema", dest="ema", action="store_true", default=True, help="use the EMA weights (default)")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw training weights")
     parser.add_argument("--weights", choices=["ema", "model"], default=None, help="ema (default) or model (raw); = --ema / --no-ema")
+    parser.add_argument("--hu-range", dest="hu_range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
+                        help="official checkpoints only: the HU the model's intensity range maps back to (default -1000 1000)")
     add_device_argument(parser)
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--overwrite", action="store_true", help="redo volumes that already exist in --output-dir")
@@ -83,7 +85,8 @@ def _run_sample(args: argparse.Namespace) -> None:
     batch_size = _pick(args, "batch_size", "num_samples", 1)
     info = setup_distributed(args.device)
     try:
-        pipeline = load_pipeline(args.ckpt, device=info.device, use_ema=args.ema, precision=args.precision)
+        pipeline = load_pipeline(args.ckpt, device=info.device, use_ema=args.ema, precision=args.precision,
+                                 hu_range=tuple(args.hu_range) if args.hu_range else None)
         if args.list_samplers:
             for name in pipeline.diffusion.samplers:
                 default = " (default)" if name == pipeline.diffusion.default_sampler else ""

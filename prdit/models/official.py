@@ -153,3 +153,75 @@ def to_official(state_dict: Tensors, stride: int) -> Tensors:
             raise CheckpointError(f"prdit key {key!r} has no counterpart in the official code")
         out[rename[0] + key.removeprefix(rename[1])] = value
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Whole checkpoints written by the official train.py: {model, ema, config, epoch, train_steps[, optimizer]}
+# ----------------------------------------------------------------------------------------------------------
+
+#: What the official code does per dataset (``config.data.task``): the percentile of its per-volume min-max,
+#: the range it trains in (its RAD loader never applies 2x - 1) and the spacing of its 256^3 volumes in mm.
+OFFICIAL_TASKS = {
+    "lidc": {"percentile": 99.9, "scale": "signed", "spacing_256": 1.0},
+    "rad_chestct": {"percentile": 99.5, "scale": "unit", "spacing_256": 0.8},
+}
+#: HU range samples are mapped back to when none is given: the official per-volume range is [-1000 (air),
+#: the volume's own 99.9th / 99.5th percentile], which for chest CT lies near 1000 HU.
+DEFAULT_OFFICIAL_HU_RANGE = (-1000.0, 1000.0)
+
+
+def is_official_checkpoint(state: object) -> bool:
+    """A dict checkpoint with official weight names and no prdit ``meta``."""
+    return (
+        isinstance(state, dict) and "meta" not in state and isinstance(state.get("model", state.get("ema")), dict)
+        and is_official_state_dict(state.get("model", state.get("ema")))
+    )
+
+
+def from_official_checkpoint(state: dict, hu_range: tuple[float, float] | None = None) -> dict:
+    """An official checkpoint -> a prdit-shaped one ``{model, ema, meta, step}`` that prdit can sample from.
+
+    The model name, volume size and dataset come from the checkpoint's ``config``. Official checkpoints carry
+    no HU mapping (the paper min-max normalises each volume on its own), so samples map back to HU through
+    ``hu_range`` (default :data:`DEFAULT_OFFICIAL_HU_RANGE`); ``meta["source"]`` records the range and whether it
+    was given or assumed, and sampling copies that into every sidecar.
+    """
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or "name" not in config["model"]:
+        raise CheckpointError("official checkpoint has no config.model.name: cannot tell which PRDiT it holds")
+    model_config, data_config = config["model"], config.get("data") or {}
+    if int(model_config.get("out_channels", 2)) != 2:
+        raise CheckpointError(
+            f"official checkpoint with out_channels={model_config['out_channels']} is the DDPM baseline; "
+            "prdit loads the image-and-noise PRDiT (out_channels 2)"
+        )
+    spec, stride = official_spec(str(model_config["name"]))
+    task = str(data_config.get("task", "lidc"))
+    if task not in OFFICIAL_TASKS:
+        raise CheckpointError(f"official checkpoint of task {task!r}: prdit knows {', '.join(OFFICIAL_TASKS)}")
+    image_size = int(data_config.get("image_size", 128))
+    facts = OFFICIAL_TASKS[task]
+    given = hu_range is not None
+    low, high = (float(v) for v in (hu_range if given else DEFAULT_OFFICIAL_HU_RANGE))
+    if not high > low:
+        raise CheckpointError(f"HU range [{low}, {high}] needs LOW < HIGH")
+    weights = {key: from_official(state[key], stride) for key in ("model", "ema") if isinstance(state.get(key), dict)}
+    spacing = facts["spacing_256"] * 256 / image_size
+    meta = {
+        "model_name": spec.name, "input_size": image_size, "stride": stride,
+        "in_channels": int(model_config.get("in_channels", 1)), "out_channels": 2, "depth": spec.depth,
+        "local_frozen": spec.depth > 0, "fine_tuned": False,
+        "intensity": {"mode": "paper", "window": [low, high], "percentile": facts["percentile"],
+                      "reference_range": [low, high], "scale": facts["scale"]},
+        "spacing": [spacing] * 3,
+        "diffusion": {"process": "ian", "timesteps": 1000, "noise_std": 0.5},
+        "source": {
+            "format": "official PRDiT checkpoint (github Fredy-Zhang/PRDiT)", "task": task,
+            "epoch": state.get("epoch"), "train_steps": state.get("train_steps"),
+            "hu_range": [low, high],
+            "hu_range_note": ("given by the user" if given else "assumed: the official checkpoint carries no HU mapping "
+                              "(each training volume was min-max normalised on its own); pass --hu-range LOW HIGH"),
+            "spacing_note": f"assumed: {facts['spacing_256']} mm at 256^3, as the official preprocessing",
+        },
+    }
+    return {**weights, "meta": meta, "step": state.get("train_steps")}

@@ -141,11 +141,15 @@ def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim
 
 
 @torch.no_grad()
-def validation_mse(model, diffusion, volumes: torch.Tensor, noise_level: float, seed: int, autocast) -> float:
-    """MSE of x0_hat against x0 at a fixed noise level and fixed noise: a cheap, comparable denoising score."""
+def validation_mse(
+    model, diffusion, volumes: torch.Tensor, noise_level: float, seed: int, autocast, timestep: float | None = None
+) -> float:
+    """MSE of x0_hat against x0 at a fixed noise level (or network ``timestep``) and fixed noise: a cheap,
+    comparable denoising score."""
     generator = torch.Generator(device=volumes.device).manual_seed(seed)
     noise = torch.randn(volumes.shape, generator=generator, device=volumes.device)
-    timesteps = torch.full((volumes.shape[0],), diffusion.noise_level_timestep(noise_level), device=volumes.device)
+    level_timestep = diffusion.noise_level_timestep(noise_level) if timestep is None else timestep
+    timesteps = torch.full((volumes.shape[0],), level_timestep, device=volumes.device)
     x_t = diffusion.q_sample(volumes, timesteps, noise)
     with autocast:
         x0_hat = diffusion.predict_x0(model, x_t, timesteps)
@@ -275,6 +279,7 @@ def train_step(run: Run, step: int) -> float | None:
     loss_value = float(all_reduce_mean(loss_sum / accumulation, info))
     grad_norm = float(torch.nn.utils.clip_grad_norm_(run.trainable, tcfg.grad_clip or math.inf))
     spike = tcfg.spike_factor > 0 and run.running_loss is not None and step > 100 and loss_value > tcfg.spike_factor * run.running_loss
+    spike = spike or (tcfg.max_loss is not None and loss_value > tcfg.max_loss)
     done = step + 1
     if not (math.isfinite(loss_value) and math.isfinite(grad_norm)) or spike:
         run.optimizer.zero_grad(set_to_none=True)
@@ -320,7 +325,8 @@ def maybe_evaluate_and_checkpoint(run: Run, done: int) -> None:
     last = done == tcfg.total_steps
     is_best = False
     if done % lcfg.eval_every == 0 or last:
-        val = validation_mse(run.ema, run.diffusion, run.eval_volumes, lcfg.eval_noise_level, tcfg.seed, run.autocast)
+        val = validation_mse(run.ema, run.diffusion, run.eval_volumes, lcfg.eval_noise_level, tcfg.seed, run.autocast,
+                             lcfg.eval_timestep)
         is_best, run.best_val = val < run.best_val, min(val, run.best_val)
         run.logger.log({"step": done, "val_mse": val})
         if info.is_main and run.model.depth > 0 and lcfg.num_preview_samples:

@@ -44,7 +44,9 @@ class DataConfig(Section):
     intensity: Literal["hu", "paper"] = Field(
         "hu", description="hu: fixed HU window -> [-1, 1]; paper: the official per-volume min-max (before pooling)"
     )
-    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    hu_window: tuple[float, float] = Field(
+        (-1000.0, 2000.0), description="hu: the HU that map to -1 and 1 (default keeps cortical bone up to 2000 HU)"
+    )
     paper_percentile: float = Field(99.9, gt=50, le=100, description="paper: upper clip (LIDC-IDRI 99.9, RAD-ChestCT 99.5)")
     paper_scale: Literal["signed", "unit"] = Field(
         "signed", description="paper: signed = 2x - 1 (official LIDC loader, the paper's text); unit = [0, 1] (official RAD loader)"

@@ -10,7 +10,7 @@ from prdit.cli import build_parser, main
 
 PHANTOM_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "phantom" / "local.yaml")
 SUBCOMMANDS = [
-    ["demo"], ["train"], ["sample"], ["export"], ["preview"], ["config"],
+    ["demo"], ["train"], ["sample"], ["export"], ["convert"], ["preview"], ["config"],
     ["data", "phantom"], ["data", "lidc"], ["data", "rad"], ["data", "split"],
     ["evaluate", "fid"], ["evaluate", "mmd"], ["evaluate", "msssim"], ["evaluate", "wgan"], ["evaluate", "offline"],
 ]
@@ -48,7 +48,7 @@ def test_gpu_id_is_an_alias_of_device():
 
 def test_top_level_help_lists_only_working_commands():
     listed = set(build_parser()._subparsers._group_actions[0].choices)
-    assert listed == {"demo", "train", "sample", "export", "preview", "config", "data", "evaluate", "report"}
+    assert listed == {"demo", "train", "sample", "export", "convert", "preview", "config", "data", "evaluate", "report"}
 
 
 def test_errors_are_one_line_with_status_2(tmp_path, capsys):

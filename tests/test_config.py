@@ -28,6 +28,17 @@ def test_official_defaults_of_the_paper():
         assert (config.logging.log_every, config.logging.ckpt_every, config.logging.eval_every) == (400, 1000, 1000)
 
 
+def test_real_ct_configs_follow_the_papers_training_choices_and_keep_bone():
+    for path in ("configs/lidc/local.yaml", "configs/lidc/global.yaml", "configs/rad/local.yaml", "configs/rad/global.yaml"):
+        config = load_config(path)
+        assert config.data.hu_window == (-1000.0, 2000.0) and config.logging.eval_timestep == 100
+        assert config.training.max_loss == 1e5 and config.model.init_gain == 0.1
+    assert load_config("configs/lidc/global.yaml").model.pretrained_weights == "model"  # the paper loads raw weights
+    assert Config().data.hu_window == (-1000.0, 2000.0)  # new models keep cortical bone
+    for path in ("configs/phantom/local.yaml", "configs/phantom/global.yaml"):  # the shipped phantom model's mapping
+        assert load_config(path).data.hu_window == (-1000.0, 1000.0)
+
+
 def test_misspelled_key_names_the_key_and_suggests(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"training": {"learning_rate": 1e-4, "lr": 1e-4}}))

@@ -81,3 +81,7 @@ def test_mappings_saved_before_the_scale_existed_still_load():
     mapping = IntensityMapping.from_dict(old)
     assert mapping.scale == "signed" and mapping.model_range == (-1.0, 1.0)
     assert IntensityMapping.from_dict(IntensityMapping(mode="paper", scale="unit").to_dict()).scale == "unit"
+
+
+def test_models_saved_without_a_window_keep_the_old_default():
+    assert IntensityMapping.from_dict({"mode": "hu"}).window == (-1000.0, 1000.0)

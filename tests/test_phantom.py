@@ -7,6 +7,7 @@ import pytest
 from scipy import ndimage
 
 from prdit.data.phantom import (
+    DENSE_CORTICAL_HU,
     FIELD_OF_VIEW_MM,
     TISSUE_HU_RANGES,
     TISSUE_LABELS,
@@ -78,6 +79,18 @@ def test_per_seed_tissue_values_lie_in_their_ranges(seed):
         low, high = TISSUE_HU_RANGES[name]
         assert low <= lut[label] <= high, name
     assert lut[L["cortical"]] > lut[L["cancellous"]] > lut[L["soft_tissue"]] > lut[L["fat"]] > lut[L["lung"]] > lut[L["air"]]
+
+
+def test_dense_bone_is_opt_in_and_changes_only_cortical_bone():
+    plain, spacing, labels = generate_phantom(32, 5, return_labels=True)
+    dense, _, same_labels = generate_phantom(32, 5, return_labels=True, dense_bone=True)
+    assert np.array_equal(labels, same_labels) and plain.max() < 1000.0  # the default stays inside [-1000, 1000]
+    cube = np.ones((3, 3, 3), dtype=bool)  # the point-spread blur reaches 2 voxels along every axis
+    far_from_bone = ~ndimage.binary_dilation(labels == L["cortical"], structure=cube, iterations=3)
+    np.testing.assert_allclose(plain[far_from_bone], dense[far_from_bone], atol=1e-3)
+    assert (dense > 1000.0).mean() > 0.002 and dense.max() > 1200.0
+    lut = sample_tissue_hu(np.random.default_rng(5), dense_bone=True)
+    assert DENSE_CORTICAL_HU[0] <= lut[L["cortical"]] <= DENSE_CORTICAL_HU[1]
 
 
 @pytest.mark.parametrize("size", [32, 64])

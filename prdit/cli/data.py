@@ -20,6 +20,8 @@ def _add_phantom_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--spacing", type=float, default=None, help="voxel spacing in mm (default: the whole chest fits)")
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate volumes that already exist")
+    parser.add_argument("--dense-bone", dest="dense_bone", action="store_true",
+                        help="cortical bone 1200-1900 HU as in real CT (default 700-1000 HU, the shipped phantom model's data)")
     parser.set_defaults(func=_run_phantom)
 
 
@@ -31,7 +33,8 @@ def _run_phantom(args: argparse.Namespace) -> None:
     if args.num < 1:
         raise PrditError("--num must be at least 1")
     summary = write_phantom_dataset(
-        args.out, num=args.num, size=args.size, seed=args.seed, spacing_mm=args.spacing, workers=args.workers, overwrite=args.overwrite
+        args.out, num=args.num, size=args.size, seed=args.seed, spacing_mm=args.spacing, workers=args.workers,
+        overwrite=args.overwrite, dense_bone=args.dense_bone,
     )
     print(f"wrote {summary['written']} volume(s), kept {summary['skipped']} existing, in {args.out}")
 

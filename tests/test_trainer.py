@@ -143,7 +143,8 @@ def test_losses_above_max_loss_are_skipped_like_the_papers_code(blob_data, tmp_p
 def test_validation_at_a_fixed_timestep_is_the_papers_best_checkpoint_score():
     from contextlib import nullcontext
 
-    from prdit.diffusion import MixtureDenoiser, create_diffusion
+    from prdit.diffusion import create_diffusion
+    from prdit.diffusion.testing import MixtureDenoiser
     from prdit.train.trainer import validation_mse
 
     diffusion = create_diffusion(process="ian")

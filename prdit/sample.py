@@ -82,7 +82,7 @@ class Pipeline:
         progress: bool = True, grid: str = "prdit",
     ) -> torch.Tensor:
         """``n`` volumes in HU, [n, 1, D, H, W] on the CPU; volume i uses seed ``seed + i``. ``grid="paper"``: the
-        paper code's time grid (reproduces its samplers; prdit's default grid is more accurate at few steps)."""
+        paper code's time grid (reproduces its samplers; prdit's default grid starts at pure noise)."""
         seeds = list(range(seed, seed + n))
         batch_size = batch_size or n
         chunks = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]

@@ -36,8 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", "--num-sampling-steps", "--num_sampling_steps", dest="steps", type=int, default=None,
                         help="sampling steps (default: the sampler's own default); --num-sampling-steps is the paper's name")
     parser.add_argument("--grid", choices=["prdit", "paper"], default="prdit",
-                        help="time grid: prdit (default; starts at pure noise, more accurate at few steps) or paper (the "
-                        "paper code's range(0, T, T // steps): reproduces its samplers exactly)")
+                        help="time grid: prdit (default; starts at pure noise) or paper (the paper code's "
+                        "range(0, T, T // steps), which takes pure noise to be the state at T - T // steps: reproduces "
+                        "its samplers exactly, with their error floor)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first volume (default 0)")
     parser.add_argument("--ema", dest="ema", action="store_true", default=True, help="use the EMA weights (default)")
     parser.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw training weights")

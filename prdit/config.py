@@ -120,6 +120,10 @@ class TrainingConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: constant, or cosine decay to lr * final_lr_fraction at total_steps"
+    )
+    final_lr_fraction: float = Field(0.0, ge=0, le=1, description="cosine schedule: the last step's LR as a fraction of lr")
     grad_clip: float = Field(1.0, ge=0)
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     ema_warmup: bool = Field(False, description="EMA decay min(decay, (1+n)/(10+n)): for short runs")

@@ -185,3 +185,22 @@ def test_debug_config_is_tiny_and_keeps_phantoms_apart(tmp_path):
     assert debug.training.total_steps <= 8 and debug.data.phantom.num <= 8
     assert debug.data.root == config.data.root + "-debug"
     assert debug.output.results_dir.endswith("debug") and debug.model.name == config.model.name
+
+
+def test_cosine_schedule_warms_up_then_decays_to_the_final_fraction(blob_data, tmp_path):
+    from prdit.config import TrainingConfig
+    from prdit.train.trainer import lr_factor
+
+    tcfg = TrainingConfig(warmup_steps=10, total_steps=110, lr_schedule="cosine", final_lr_fraction=0.1)
+    assert lr_factor(0, tcfg) == pytest.approx(0.1)  # warm-up: (step + 1) / 10
+    assert lr_factor(9, tcfg) == pytest.approx(1.0)
+    assert lr_factor(59, tcfg) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 49 / 99)))
+    assert lr_factor(109, tcfg) == pytest.approx(0.1)  # the last step reaches the final fraction
+    factors = [lr_factor(s, tcfg) for s in range(9, 110)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+    assert lr_factor(50, TrainingConfig(warmup_steps=10, total_steps=110)) == 1.0  # constant stays constant
+
+    config = make_config(blob_data, tmp_path, total_steps=12, warmup_steps=2, lr_schedule="cosine")
+    logged = [r["lr"] for r in read_log(train(config, quiet()) / "log.jsonl") if "lr" in r]
+    expected = [3e-3 * lr_factor(s, config.training) for s in range(12)]
+    assert logged == pytest.approx(expected) and logged[-1] == 0.0

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, LoadReport, load_checkpoint, load_pretrained, write_checkpoint
-from prdit.config import Config, config_from_dict, save_config
+from prdit.config import Config, TrainingConfig, config_from_dict, save_config
 from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_data
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import ConfigError, PrditError
@@ -260,12 +260,25 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
                [p for p in model.parameters() if p.requires_grad], start_step, best_val, running_loss, skipped)
 
 
+def lr_factor(step: int, tcfg: TrainingConfig) -> float:
+    """The LR at ``step`` (0-based) as a fraction of the base LR: linear warm-up, then constant or cosine decay.
+
+    A function of the step alone, so a resumed run follows the same schedule.
+    """
+    warmup = min(1.0, (step + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else 1.0
+    if tcfg.lr_schedule == "constant":
+        return warmup
+    progress = max(0, step - tcfg.warmup_steps) / max(1, tcfg.total_steps - 1 - tcfg.warmup_steps)
+    final = tcfg.final_lr_fraction
+    return warmup * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
 def train_step(run: Run, step: int) -> float | None:
     """One optimiser step (gradient accumulation over micro-batches); returns its loss, or None when the step was
     skipped because the loss or gradient was non-finite or the loss spiked. Logs either."""
     tcfg, info = run.config.training, run.info
     for group in run.optimizer.param_groups:
-        group["lr"] = group["base_lr"] * min(1.0, (step + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else group["base_lr"]
+        group["lr"] = group["base_lr"] * lr_factor(step, tcfg)
     offsets = run.sampler.micro_offsets(step)
     accumulation = len(offsets)
     loss_sum = torch.zeros((), device=info.device)

@@ -141,12 +141,16 @@ class LoadReport:
 def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, weights: str = "ema") -> LoadReport:
     """Copy the matching tensors of a checkpoint into ``model``; everything else keeps its fresh initialisation.
 
+    ``path`` may also be an exported ``.safetensors`` model (e.g. a shipped one, to continue its training).
     Refuses (naming the differing keys) a checkpoint that shares no tensor with the model, or that would leave
     part of the local denoiser unloaded: that means another architecture, not a stage-1 -> stage-2 handoff.
     """
-    state = load_checkpoint(path)
-    if is_official_checkpoint(state):  # a stage-1 checkpoint of the paper's own code
-        state = from_official_checkpoint(state)
+    if str(path).endswith(".safetensors"):
+        state = load_exported(path)
+    else:
+        state = load_checkpoint(path)
+        if is_official_checkpoint(state):  # a stage-1 checkpoint of the paper's own code
+            state = from_official_checkpoint(state)
     source = state.get(weights) or state.get("model")
     if source is None:
         raise CheckpointError(f"{path}: no '{weights}' weights in the checkpoint")

@@ -89,3 +89,18 @@ def test_other_architecture_is_refused_with_the_differing_keys(tmp_path):
     path = ckpt.save_checkpoint(state_of(create_model("PRDiT-T/10/0", input_size=16, stride=8)), tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="does not fit PRDiT-T/6/2; differing keys: .*local_denoiser"):
         ckpt.load_pretrained(tiny(2), path)
+
+
+def test_an_exported_model_initialises_a_model_to_continue_its_training(tmp_path):
+    torch.manual_seed(0)
+    trained = tiny(2)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = ckpt.save_checkpoint(state_of(trained), tmp_path / "run.pt")
+    exported = ckpt.export_weights(path, tmp_path / "model.safetensors")
+    continued = tiny(2)
+    report = ckpt.load_pretrained(continued, exported)
+    assert not report.new and len(report.loaded) == len(continued.state_dict())
+    for key, value in continued.state_dict().items():  # the export is fp16: equal up to its rounding
+        torch.testing.assert_close(value, trained.state_dict()[key].half().float(), rtol=0, atol=0)

@@ -3,11 +3,15 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from prdit.evaluation.offline import (
+    bootstrap_intervals,
+    compare_statistics,
     hu_histogram_distance,
     offline_metrics,
     power_spectrum_distance,
     radial_power_spectrum,
+    select,
     tissue_fractions,
+    volume_statistics,
 )
 
 
@@ -54,7 +58,36 @@ def test_smoothing_is_a_high_frequency_loss(rng):
 def test_offline_metrics_reports_every_part_and_checks_shapes(rng):
     real = rng.normal(size=(2, 16, 16, 16)) * 300
     report = offline_metrics(real, real)
-    assert set(report) == {"hu_histogram", "tissue_fractions", "power_spectrum"}
+    assert set(report) == {"hu_histogram", "tissue_fractions", "power_spectrum", "anatomy"}
+    assert report["power_spectrum"]["high_frequency_power_ratio"] == pytest.approx(1.0)
+    assert report["anatomy"]["score"] == 0.0
     assert all(entry["abs_difference"] == 0.0 for entry in report["tissue_fractions"].values())
     with pytest.raises(ValueError, match="shapes differ"):
         offline_metrics(real, real[:, :8])
+
+
+def test_high_frequency_power_ratio_is_the_power_ratio_above_a_quarter_cycle(rng):
+    real = rng.normal(size=(3, 16, 16, 16)) * 100
+    assert power_spectrum_distance(real, 2 * real)["high_frequency_power_ratio"] == pytest.approx(4.0)
+    # a low-pass filter that removes every frequency above 0.25 cycles/voxel leaves no high-frequency power
+    spectrum = np.fft.fftn(real, axes=(1, 2, 3))
+    radius = np.sqrt(sum(g**2 for g in np.meshgrid(*[np.fft.fftfreq(16)] * 3, indexing="ij")))
+    low_passed = np.real(np.fft.ifftn(spectrum * (radius <= 0.25), axes=(1, 2, 3)))
+    assert power_spectrum_distance(real, low_passed)["high_frequency_power_ratio"] == pytest.approx(0.0, abs=1e-12)
+    smooth = np.stack([gaussian_filter(v, 1.0) for v in real])
+    assert 0 < power_spectrum_distance(real, smooth)["high_frequency_power_ratio"] < 0.2
+
+
+def test_statistics_resample_and_bootstrap_intervals_cover_a_known_shift(rng):
+    real = rng.uniform(-800, 800, size=(12, 16, 16, 16)).astype(np.float32)
+    fake = rng.uniform(-800, 800, size=(12, 16, 16, 16)).astype(np.float32) + 50.0
+    real_stats, fake_stats = volume_statistics(real), volume_statistics(fake)
+    assert compare_statistics(real_stats, fake_stats)["hu_histogram"] == hu_histogram_distance(real, fake)
+    twice_first = select(real_stats, np.array([0, 0]))
+    assert compare_statistics(twice_first, volume_statistics(real[[0, 0]])) == compare_statistics(
+        volume_statistics(real[:1]), volume_statistics(real[:1]))
+    intervals = bootstrap_intervals(real_stats, fake_stats, ["hu_histogram.wasserstein_hu", "anatomy.score"], resamples=50)
+    low, high = intervals["hu_histogram.wasserstein_hu"]
+    assert low < 50.0 < high and high - low < 20.0  # the histograms differ only by the 50 HU shift and sampling noise
+    same = bootstrap_intervals(real_stats, real_stats, ["hu_histogram.wasserstein_hu"], resamples=50)
+    assert same["hu_histogram.wasserstein_hu"][1] < 10.0

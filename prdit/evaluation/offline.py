@@ -1,40 +1,54 @@
-"""Metrics that need no network weights: HU histogram distance, tissue fractions, radial power spectrum.
+"""Metrics that need no network weights: HU histogram distance, tissue fractions, radial power spectrum and
+anatomy (:mod:`prdit.evaluation.anatomy`).
 
 All take HU volumes ``[N, D, H, W]``. They are reproducible anywhere and complement the feature metrics, whose
-numbers depend on the feature network's weights.
+numbers depend on the feature network's weights. Each set is first reduced to per-volume statistics
+(:func:`volume_statistics`); the comparison (:func:`compare_statistics`) only aggregates them, so bootstrap
+intervals (:func:`bootstrap_intervals`) resample volumes without recomputing masks or spectra.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
+from prdit.evaluation import anatomy
+from prdit.evaluation.anatomy import TISSUE_RANGES
+
 HISTOGRAM_RANGE = (-1100.0, 1500.0)  # HU; values outside are counted in the first/last bin
 HISTOGRAM_BIN_HU = 10.0
-# Half-open HU ranges [low, high). Fractions are of all voxels in the field of view (air outside the body included).
-TISSUE_RANGES = {
-    "lung": (-950.0, -500.0),
-    "fat": (-190.0, -30.0),
-    "soft_tissue": (-30.0, 150.0),
-    "bone": (300.0, float("inf")),
-}
-HIGH_FREQUENCY = 0.25  # cycles/voxel; the upper half of the band up to Nyquist (0.5)
+HIGH_FREQUENCY = 0.25  # cycles/voxel; the upper half of the band up to Nyquist (0.5): shells k >= N/4
 SPECTRUM_BINS = 32
+
+Statistics = dict  # per-volume arrays, the output of volume_statistics
+
+
+def _histogram_edges() -> np.ndarray:
+    low, high = HISTOGRAM_RANGE
+    return np.arange(low, high + HISTOGRAM_BIN_HU, HISTOGRAM_BIN_HU)
 
 
 def hu_histogram(volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Normalised pooled HU histogram of a set and its bin centres (``HISTOGRAM_BIN_HU`` HU bins)."""
+    per_volume = _volume_histograms(volumes)
+    edges = _histogram_edges()
+    return per_volume.mean(axis=0), (edges[:-1] + edges[1:]) / 2
+
+
+def _volume_histograms(volumes: np.ndarray) -> np.ndarray:
+    """[N, bins] normalised histogram of each volume (values outside the range go to the first/last bin)."""
+    edges = _histogram_edges()
     low, high = HISTOGRAM_RANGE
-    edges = np.arange(low, high + HISTOGRAM_BIN_HU, HISTOGRAM_BIN_HU)
-    counts, _ = np.histogram(np.clip(volumes, low, high - 1e-3), bins=edges)
-    return counts / counts.sum(), (edges[:-1] + edges[1:]) / 2
+    counts = [np.histogram(np.clip(v, low, high - 1e-3), bins=edges)[0] for v in volumes]
+    return np.stack(counts) / np.prod(volumes.shape[1:])
 
 
-def hu_histogram_distance(real: np.ndarray, fake: np.ndarray) -> dict:
-    """Wasserstein-1 distance (in HU) and Jensen-Shannon divergence (bits) between the pooled HU histograms."""
-    p, centres = hu_histogram(real)
-    q, _ = hu_histogram(fake)
+def _histogram_distance(p: np.ndarray, q: np.ndarray) -> dict:
+    edges = _histogram_edges()
+    centres = (edges[:-1] + edges[1:]) / 2
     return {
         "wasserstein_hu": float(wasserstein_distance(centres, centres, p, q)),
         "jensen_shannon_bits": float(jensenshannon(p, q, base=2) ** 2),
@@ -43,15 +57,18 @@ def hu_histogram_distance(real: np.ndarray, fake: np.ndarray) -> dict:
     }
 
 
+def hu_histogram_distance(real: np.ndarray, fake: np.ndarray) -> dict:
+    """Wasserstein-1 distance (in HU) and Jensen-Shannon divergence (bits) between the pooled HU histograms."""
+    return _histogram_distance(hu_histogram(real)[0], hu_histogram(fake)[0])
+
+
 def tissue_fractions(volumes: np.ndarray) -> dict[str, np.ndarray]:
     """Per-volume fraction of voxels in each tissue HU range (``TISSUE_RANGES``): {tissue: [N]}."""
     flat = volumes.reshape(len(volumes), -1)
     return {name: ((flat >= low) & (flat < high)).mean(axis=1) for name, (low, high) in TISSUE_RANGES.items()}
 
 
-def tissue_fraction_comparison(real: np.ndarray, fake: np.ndarray) -> dict:
-    """Mean and std of each tissue fraction in both sets, and the absolute difference of the means."""
-    real_fractions, fake_fractions = tissue_fractions(real), tissue_fractions(fake)
+def _fraction_comparison(real_fractions: dict, fake_fractions: dict) -> dict:
     result: dict = {}
     for name, (low, high) in TISSUE_RANGES.items():
         r, f = real_fractions[name], fake_fractions[name]
@@ -64,11 +81,13 @@ def tissue_fraction_comparison(real: np.ndarray, fake: np.ndarray) -> dict:
     return result
 
 
-def radial_power_spectrum(volume: np.ndarray, bins: int = SPECTRUM_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """Radially averaged 3D power spectrum of one volume and its bin centres in cycles/voxel (<= 0.5).
+def tissue_fraction_comparison(real: np.ndarray, fake: np.ndarray) -> dict:
+    """Mean and std of each tissue fraction in both sets, and the absolute difference of the means."""
+    return _fraction_comparison(tissue_fractions(real), tissue_fractions(fake))
 
-    The zero frequency (the mean) is left out; bins that no frequency of this grid falls in are NaN.
-    """
+
+def _spectrum(volume: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Radial power spectrum, bin centres, and the mean power of the frequencies above ``HIGH_FREQUENCY``."""
     volume = np.asarray(volume, dtype=np.float64)
     power = np.abs(np.fft.fftn(volume)) ** 2 / volume.size
     grids = np.meshgrid(*(np.fft.fftfreq(n) for n in volume.shape), indexing="ij")
@@ -78,29 +97,79 @@ def radial_power_spectrum(volume: np.ndarray, bins: int = SPECTRUM_BINS) -> tupl
     inside = (index >= 0) & (index < bins) & (radius.ravel() > 0)
     totals = np.bincount(index[inside], weights=power.ravel()[inside], minlength=bins)
     counts = np.bincount(index[inside], minlength=bins)
+    high = (radius > HIGH_FREQUENCY) & (radius <= 0.5)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return totals / counts, (edges[:-1] + edges[1:]) / 2
+        return totals / counts, (edges[:-1] + edges[1:]) / 2, float(power[high].mean())
 
 
-def power_spectrum_distance(real: np.ndarray, fake: np.ndarray, bins: int = SPECTRUM_BINS) -> dict:
-    """Mean |log10 P_real(f) - log10 P_fake(f)| over radial frequency bins, over all and over f > 0.25 cycles/voxel.
+def radial_power_spectrum(volume: np.ndarray, bins: int = SPECTRUM_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """Radially averaged 3D power spectrum of one volume and its bin centres in cycles/voxel (<= 0.5).
 
-    P is the set's mean radial power spectrum in HU^2. The high-frequency part measures fine detail (noise and
-    texture), which PRDiT claims to model at voxel level; 1.0 means a tenfold power mismatch.
+    The zero frequency (the mean) is left out; bins that no frequency of this grid falls in are NaN.
     """
-    spectra_real = np.mean([radial_power_spectrum(v, bins)[0] for v in real], axis=0)
-    spectra_fake = np.mean([radial_power_spectrum(v, bins)[0] for v in fake], axis=0)
-    _, centres = radial_power_spectrum(real[0], bins)
-    valid = np.isfinite(spectra_real)
-    floor = 1e-12 * max(np.nanmax(spectra_real), np.nanmax(spectra_fake), 1e-300)  # log10 of a constant volume
-    gap = np.abs(np.log10(spectra_real[valid] + floor) - np.log10(spectra_fake[valid] + floor))
+    spectrum, centres, _ = _spectrum(volume, bins)
+    return spectrum, centres
+
+
+def _spectrum_distance(spectra_real: np.ndarray, spectra_fake: np.ndarray, high_real: np.ndarray, high_fake: np.ndarray) -> dict:
+    mean_real, mean_fake = spectra_real.mean(axis=0), spectra_fake.mean(axis=0)
+    bins = len(mean_real)
+    centres = (np.arange(bins) + 0.5) * 0.5 / bins
+    valid = np.isfinite(mean_real)
+    floor = 1e-12 * max(np.nanmax(mean_real), np.nanmax(mean_fake), 1e-300)  # log10 of a constant volume
+    gap = np.abs(np.log10(mean_real[valid] + floor) - np.log10(mean_fake[valid] + floor))
     high = centres[valid] > HIGH_FREQUENCY
     return {
         "log10_distance": float(gap.mean()),
         "high_frequency_log10_distance": float(gap[high].mean()),
+        "high_frequency_power_ratio": float(high_fake.mean() / high_real.mean()) if high_real.mean() > 0 else float("nan"),
         "high_frequency_threshold": HIGH_FREQUENCY,
         "bins": bins,
         "frequency_unit": "cycles/voxel",
+    }
+
+
+def power_spectrum_distance(real: np.ndarray, fake: np.ndarray, bins: int = SPECTRUM_BINS) -> dict:
+    """Spectrum comparison of two sets; P is the set's mean radial power spectrum in HU^2.
+
+    ``log10_distance``: mean |log10 P_real(f) - log10 P_fake(f)| over radial frequency bins (1.0 = a tenfold
+    mismatch); ``high_frequency_log10_distance``: the same over f > 0.25 cycles/voxel; ``high_frequency_power_ratio``:
+    the generated set's mean power above 0.25 cycles/voxel over the real set's (1 = matched, < 1 = too smooth).
+    The high frequencies measure fine detail (noise and texture), which PRDiT claims to model at voxel level.
+    """
+    spectra = [[_spectrum(v, bins) for v in volumes] for volumes in (real, fake)]
+    (sr, hr), (sf, hf) = ((np.stack([s[0] for s in one]), np.array([s[2] for s in one])) for one in spectra)
+    return _spectrum_distance(sr, sf, hr, hf)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Whole comparison from per-volume statistics, and bootstrap intervals
+# ----------------------------------------------------------------------------------------------------------
+
+
+def volume_statistics(volumes: np.ndarray, bins: int = SPECTRUM_BINS) -> Statistics:
+    """Everything :func:`compare_statistics` needs, per volume (the expensive part: masks, FFTs, histograms)."""
+    volumes = np.asarray(volumes, dtype=np.float32)
+    spectra = [_spectrum(v, bins) for v in volumes]
+    return {
+        "histogram": _volume_histograms(volumes),
+        "fractions": tissue_fractions(volumes),
+        "spectrum": np.stack([s[0] for s in spectra]),
+        "high_frequency_power": np.array([s[2] for s in spectra]),
+        "anatomy": anatomy.set_features(volumes),
+        "shape": list(volumes.shape[1:]),
+    }
+
+
+def compare_statistics(real: Statistics, fake: Statistics) -> dict:
+    """The weightless metrics between two sets given by their :func:`volume_statistics`."""
+    if real["shape"] != fake["shape"]:
+        raise ValueError(f"volume shapes differ: real {tuple(real['shape'])}, fake {tuple(fake['shape'])}")
+    return {
+        "hu_histogram": _histogram_distance(real["histogram"].mean(axis=0), fake["histogram"].mean(axis=0)),
+        "tissue_fractions": _fraction_comparison(real["fractions"], fake["fractions"]),
+        "power_spectrum": _spectrum_distance(real["spectrum"], fake["spectrum"], real["high_frequency_power"], fake["high_frequency_power"]),
+        "anatomy": anatomy.compare_features(real["anatomy"], fake["anatomy"]),
     }
 
 
@@ -108,8 +177,37 @@ def offline_metrics(real: np.ndarray, fake: np.ndarray) -> dict:
     """All weightless metrics between HU sets ``real`` and ``fake`` ([N, D, H, W], same voxel shape)."""
     if real.shape[1:] != fake.shape[1:]:
         raise ValueError(f"volume shapes differ: real {real.shape[1:]}, fake {fake.shape[1:]}")
-    return {
-        "hu_histogram": hu_histogram_distance(real, fake),
-        "tissue_fractions": tissue_fraction_comparison(real, fake),
-        "power_spectrum": power_spectrum_distance(real, fake),
-    }
+    return compare_statistics(volume_statistics(real), volume_statistics(fake))
+
+
+def select(statistics: Statistics, index: np.ndarray) -> Statistics:
+    """The statistics of the volumes ``index`` (repeats allowed: a bootstrap resample)."""
+    return {key: ({k: v[index] for k, v in value.items()} if isinstance(value, dict) else
+                  value if key == "shape" else value[index]) for key, value in statistics.items()}
+
+
+def lookup(result: dict, key: str) -> float:
+    """The number at a dotted key of a nested result (``"hu_histogram.wasserstein_hu"``)."""
+    for part in key.split("."):
+        result = result[part]
+    return float(result)
+
+
+def bootstrap_intervals(
+    real: Statistics, fake: Statistics, keys: Sequence[str], resamples: int = 1000, level: float = 0.95, seed: int = 0,
+    compare: Callable[[Statistics, Statistics], dict] = compare_statistics,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of the metrics ``keys`` (dotted keys of :func:`compare_statistics`' result).
+
+    Both sets are resampled with replacement, independently, ``resamples`` times: the interval covers the
+    sampling noise of the generated set and of the real reference alike.
+    """
+    rng = np.random.default_rng(seed)
+    n_real, n_fake = len(real["histogram"]), len(fake["histogram"])
+    values = {key: [] for key in keys}
+    for _ in range(resamples):
+        result = compare(select(real, rng.integers(0, n_real, n_real)), select(fake, rng.integers(0, n_fake, n_fake)))
+        for key in keys:
+            values[key].append(lookup(result, key))
+    tail = (1 - level) / 2
+    return {key: tuple(float(q) for q in np.nanquantile(v, [tail, 1 - tail])) for key, v in values.items()}

@@ -76,7 +76,7 @@ def test_mmd_msssim_and_offline_commands(folders, capsys):
     _run(["evaluate", "msssim", *data, "--max_pairs", "5"])
     _run(["evaluate", "offline", *data])
     printed = capsys.readouterr().out
-    assert "MMD: " in printed and "MS-SSIM diversity: " in printed and "HU histogram W1: " in printed
+    assert "MMD: " in printed and "MS-SSIM diversity: " in printed and "HU histogram distance (Wasserstein-1): " in printed
     assert '"mmd2_rbf_unbiased"' in printed and '"pairs": 5' in printed
 
 
@@ -96,6 +96,49 @@ def test_mmd_help_names_the_biased_rbf_estimator(capsys):
         _run(["evaluate", "mmd", "--help"])
     text = capsys.readouterr().out
     assert "biased RBF" in text and "unbiased, linear" not in text
+
+
+def test_offline_command_prints_direction_floor_and_interval_of_every_headline_metric(folders, capsys):
+    from prdit.evaluation.offline import HEADLINE
+
+    out = folders / "offline.json"
+    _run(["evaluate", "offline", "--data_root_real", str(folders / "real"), "--data_root_fake", str(folders / "fake1"),
+          "--bootstrap", "20", "--out", str(out)])
+    headline = capsys.readouterr().out.split("{")[0].strip().splitlines()
+    assert len(headline) == len(HEADLINE)
+    assert all("is better" in line and "real vs real" in line and "95% CI" in line for line in headline)
+    result = json.loads(out.read_text())
+    low, high = result["bootstrap_95"]["hu_histogram.wasserstein_hu"]
+    assert low <= result["hu_histogram"]["wasserstein_hu"] <= high  # fake1 is real shifted by 400 HU
+    assert result["real_vs_real_floor"]["hu_histogram"]["wasserstein_hu"] < 0.25 * low
+
+
+def test_memorisation_command_flags_copied_training_volumes(folders, capsys, rng):
+    train, heldout, copies = (folders / name for name in ("train", "heldout", "copies"))
+    for folder in (train, heldout, copies):
+        folder.mkdir()
+    volumes = _hu_set(rng, 16)
+    for index, volume in enumerate(volumes[:12]):
+        np.save(train / f"t{index:02d}.npy", volume)
+    for index, volume in enumerate(volumes[12:]):
+        np.save(heldout / f"h{index:02d}.npy", volume)
+    for index in (2, 5, 9):
+        np.save(copies / f"copy_of_t{index:02d}.npy", volumes[index] + 1.0)
+    out = folders / "memorisation.json"
+    argv = ["evaluate", "memorisation", "--data_root_fake", str(copies), "--data_root_train", str(train),
+            "--data_root_heldout", str(heldout), "--out", str(out)]
+    _run(argv)
+    printed = capsys.readouterr().out
+    assert "NN distance to the training set, samples / held-out volumes: 0.0" in printed and "real vs real" in printed
+    result = json.loads(out.read_text())
+    assert result["copies"]["fraction_below"] == 1.0
+    assert sorted((entry["sample"], entry["train"]) for entry in result["closest"]) == [
+        ("copy_of_t02.npy", "t02.npy"), ("copy_of_t05.npy", "t05.npy"), ("copy_of_t09.npy", "t09.npy")]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        _run(argv)
+    (heldout / "h00.npy").unlink(), (heldout / "h01.npy").unlink()
+    with pytest.raises(Exception, match="at least 4 held-out"):
+        _run(argv + ["--overwrite"])
 
 
 def test_wgan_trains_both_critics_then_evaluates(folders, capsys):

@@ -1,4 +1,4 @@
-"""``prdit evaluate fid|mmd|msssim|wgan|offline`` and the seed-compatible ``evaluations/*.py`` scripts.
+"""``prdit evaluate fid|mmd|msssim|wgan|offline|memorisation`` and the seed-compatible ``evaluations/*.py`` scripts.
 
 Each command prints its headline number, then the full result with its protocol as JSON (``--out`` also writes
 it atomically). The flag names follow the original scripts (``--data_root_real``, ``--img_size``, ...).
@@ -176,22 +176,76 @@ def _run_msssim(args: argparse.Namespace) -> None:
 
 def _add_offline_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser)
+    parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for 95%% intervals, 0 for none (default 200)")
     _add_output_arguments(parser)
 
 
 def _run_offline(args: argparse.Namespace) -> None:
     from prdit.evaluation.evaluate import base_protocol
     from prdit.evaluation.data import check_same_shape
-    from prdit.evaluation.offline import offline_metrics
+    from prdit.evaluation.offline import HEADLINE, bootstrap_intervals, compare_statistics, headline_lines, real_floor, volume_statistics
 
     out = _output_path(args)
     real, fake = _load(args, "data_root_real", "real"), _load(args, "data_root_fake", "fake")
     check_same_shape(real, fake)
-    result = offline_metrics(real.volumes, fake.volumes)
-    result["protocol"] = {**base_protocol(real, fake, args.space, args.resize), "dataset": args.dataset}
-    _emit(f"HU histogram W1: {result['hu_histogram']['wasserstein_hu']:.4g} HU, power spectrum log10 distance: "
-          f"{result['power_spectrum']['log10_distance']:.4g} (high frequency {result['power_spectrum']['high_frequency_log10_distance']:.4g})",
-          result, out, args.overwrite)
+    real_stats, fake_stats = volume_statistics(real.volumes), volume_statistics(fake.volumes)
+    result = compare_statistics(real_stats, fake_stats)
+    floor = real_floor(real_stats) if len(real) >= 4 else None
+    intervals = bootstrap_intervals(real_stats, fake_stats, list(HEADLINE), resamples=args.bootstrap) if args.bootstrap else {}
+    result["real_vs_real_floor"] = floor
+    result["bootstrap_95"] = {key: list(interval) for key, interval in intervals.items()}
+    result["protocol"] = {**base_protocol(real, fake, args.space, args.resize), "dataset": args.dataset,
+                          "floor": "the same metrics between two random halves of the real set (None below 4 real volumes)",
+                          "bootstrap": f"percentile intervals over {args.bootstrap} resamples of both sets"}
+    _emit("\n".join(headline_lines(result, floor, intervals)), result, out, args.overwrite)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# memorisation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _add_memorisation_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data (each: folder, list file such as data/phantom/train.txt, or .npy/.npz stack)")
+    data.add_argument("--data_root_fake", required=True, help="generated volumes")
+    data.add_argument("--data_root_train", required=True, help="the volumes the model was trained on")
+    data.add_argument("--data_root_heldout", required=True,
+                      help="real volumes the model never saw (at least 4, fewer than the training volumes)")
+    data.add_argument("--space", choices=["hu", "model"], default="hu", help="intensities of the files (default hu)")
+    data.add_argument("--img_size", type=int, default=None, help="compare at S^3 voxels (default: the volumes' own shape)")
+    data.add_argument("--resize", choices=["error", "trilinear"], default="error", help="volumes that are not S^3 (default error)")
+    data.add_argument("--limit", type=int, default=None, help="use only the first N volumes of each set")
+    parser.add_argument("--subsets", type=int, default=20, help="random training subsets for the equal-size ratio (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subsets and of the floor's split (default 0)")
+    _add_output_arguments(parser)
+
+
+def _run_memorisation(args: argparse.Namespace) -> None:
+    from prdit.errors import DataError
+    from prdit.evaluation.data import check_same_shape
+    from prdit.evaluation.memorisation import memorisation_report
+
+    out = _output_path(args)
+    fake, train, heldout = (_load(args, f"data_root_{name}", name) for name in ("fake", "train", "heldout"))
+    check_same_shape(train, fake)
+    check_same_shape(train, heldout)
+    if not 4 <= len(heldout) <= len(train):
+        raise DataError(f"--data_root_heldout: need at least 4 held-out volumes and no more than the {len(train)} training "
+                        f"volumes, got {len(heldout)}")
+    names = [[path.name for path in s.files] if len(s.files) == len(s) else None for s in (fake, train)]  # a stack: indices
+    result = memorisation_report(fake.volumes, train.volumes, heldout.volumes, seed=args.seed, subsets=args.subsets,
+                                 sample_names=names[0], train_names=names[1])
+    result["protocol"].update(fake_source=fake.source, train_source=train.source, heldout_source=heldout.source)
+    s, f, c = result["samples"], result["floor"], result["copies"]
+    _emit("\n".join([
+        f"NN distance to the training set, samples / held-out volumes: {s['nn_ratio']:.3f}  (below 1 = samples closer to "
+        f"the training data than new real volumes are; real vs real {f['nn_ratio']:.3f})",
+        f"same at equal set sizes, to training / to held-out: {s['equal_size_ratio']:.3f}, p(closer to training) = "
+        f"{s['p_closer_to_train']:.3g}  (about 1 = no memorisation, below 1 = memorisation; real vs real "
+        f"{f['equal_size_ratio']:.3f}, p = {f['p_closer_to_train']:.3g})",
+        f"samples closer to the training set than 95% of held-out volumes: {c['fraction_below']:.1%}  (lower is better; "
+        f"{c['expected_fraction']:.0%} for new real volumes)",
+    ]), result, out, args.overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -275,7 +329,10 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "mmd": ("MMD on MedicalNet features (paper protocol: biased RBF MMD, median-heuristic bandwidth)", _add_feature_metric_arguments, _run_mmd),
     "msssim": ("3D MS-SSIM diversity of generated volumes", _add_msssim_arguments, _run_msssim),
     "wgan": ("train WGAN-GP critics (real vs fake_0, fake_1) or --eval their Wasserstein estimate", _add_wgan_arguments, _run_wgan),
-    "offline": ("weightless metrics: HU histogram, tissue fractions, radial power spectrum", _add_offline_arguments, _run_offline),
+    "offline": ("weightless metrics: HU histogram, tissue fractions, radial power spectrum, anatomy; real-vs-real floor and "
+                "bootstrap intervals", _add_offline_arguments, _run_offline),
+    "memorisation": ("nearest-neighbour distances of samples to the training set vs held-out real volumes",
+                     _add_memorisation_arguments, _run_memorisation),
 }
 
 

@@ -180,6 +180,42 @@ def offline_metrics(real: np.ndarray, fake: np.ndarray) -> dict:
     return compare_statistics(volume_statistics(real), volume_statistics(fake))
 
 
+def real_floor(real: Statistics, seed: int = 0) -> dict:
+    """The comparison between two random halves of the real set: what a perfect generator scores (at N/2)."""
+    n = len(real["histogram"])
+    if n < 4:
+        raise ValueError(f"the real-vs-real floor needs at least 4 real volumes, got {n}")
+    order = np.random.default_rng(seed).permutation(n)
+    return compare_statistics(select(real, order[: n // 2]), select(real, order[n // 2 :]))
+
+
+# dotted key -> (name in words, unit, better: lower | higher | match, the value a perfect generator has for "match")
+HEADLINE: dict[str, tuple[str, str, str, float | None]] = {
+    "hu_histogram.wasserstein_hu": ("HU histogram distance (Wasserstein-1)", "HU", "lower", None),
+    "hu_histogram.jensen_shannon_bits": ("HU histogram divergence (Jensen-Shannon)", "bits", "lower", None),
+    **{f"tissue_fractions.{t}.abs_difference": (f"{t.replace('_', '-')} fraction, |generated - real|", "", "lower", None)
+       for t in TISSUE_RANGES},
+    "power_spectrum.log10_distance": ("power-spectrum distance, all frequencies", "log10", "lower", None),
+    "power_spectrum.high_frequency_log10_distance": ("power-spectrum distance above 0.25 cycles/voxel", "log10", "lower", None),
+    "power_spectrum.high_frequency_power_ratio": ("power above 0.25 cycles/voxel, generated / real", "", "match", 1.0),
+    "anatomy.score": ("anatomy score: mean |standardised difference| of mask and band features", "", "lower", None),
+}
+
+
+def headline_lines(result: dict, floor: dict | None = None, intervals: dict | None = None) -> list[str]:
+    """One line per headline metric: value [bootstrap interval], which direction is better, the real-vs-real floor."""
+    lines = []
+    for key, (words, unit, better, target) in HEADLINE.items():
+        value = lookup(result, key)
+        text = f"{words}: {value:.4g}{' ' + unit if unit else ''}"
+        if intervals and key in intervals:
+            text += f" [95% CI {intervals[key][0]:.4g}, {intervals[key][1]:.4g}]"
+        text += "  (" + (f"closer to {target:g} is better" if better == "match" else f"{better} is better")
+        text += f"; real vs real {lookup(floor, key):.4g})" if floor is not None else ")"
+        lines.append(text)
+    return lines
+
+
 def select(statistics: Statistics, index: np.ndarray) -> Statistics:
     """The statistics of the volumes ``index`` (repeats allowed: a bootstrap resample)."""
     return {key: ({k: v[index] for k, v in value.items()} if isinstance(value, dict) else

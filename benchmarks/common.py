@@ -187,9 +187,10 @@ class Bench:
 
 
 def build_bench(kind: str, preset: Preset, input_size: int, batch: int, device: str = "cpu",
-                dtype: str = "fp32", grad_checkpoint: bool = False, lr: float = 1e-4) -> Bench:
-    """One of ``MODEL_KINDS`` at ``input_size``^3, parameter-matched to the full (stage-2) PRDiT of ``preset``."""
-    torch.manual_seed(0)
+                dtype: str = "fp32", grad_checkpoint: bool = False, lr: float = 1e-4, seed: int = 0) -> Bench:
+    """One of ``MODEL_KINDS`` at ``input_size``^3, parameter-matched to the full (stage-2) PRDiT of ``preset``;
+    ``seed`` sets the initialisation and the diffusion noise of its steps."""
+    torch.manual_seed(seed)
     full = create_model(preset.name(), input_size, stride=preset.stride)
     target = count_parameters(full)
     diffusion = create_diffusion(None)
@@ -226,7 +227,9 @@ def build_bench(kind: str, preset: Preset, input_size: int, batch: int, device: 
         return autocast_for(dtype, torch.device(device))
 
     description += f"; {count_parameters(model) / 1e6:.2f} M params ({count_parameters(model, True) / 1e6:.2f} M trained)"
-    return Bench(kind, model, loss, optimizer, (x0 * 2 - 1).to(device), autocast, description)
+    bench = Bench(kind, model, loss, optimizer, (x0 * 2 - 1).to(device), autocast, description)
+    bench.generator.manual_seed(seed)
+    return bench
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from prdit.data.intensity import IntensityMapping
 from prdit.data.phantom import generate_phantom
 from prdit.diffusion import create_diffusion
 from prdit.evaluation import evaluate_sets
-from prdit.evaluation.offline import bootstrap_intervals, compare_statistics, headline_lines, lookup, volume_statistics
+from prdit.evaluation.descriptions import lookup, metric_lines
+from prdit.evaluation.offline import bootstrap_intervals, compare_statistics, volume_statistics
 from prdit.train.ema import create_ema, ema_decay_at, update_ema
 
 CONTENDERS = ("prdit-2stage", "prdit-s1", "plain-dit", "unet")
@@ -187,7 +188,7 @@ def main() -> None:
                              fid=features["fid"], mmd=features["mmd"], ms_ssim=features["ms_ssim"]["fake"]["mean"])
             out[kind]["preview"] = fake[:6]
             print(f"{LABELS[kind]} (seed {seed}, {out[kind]['training'].get('steps', '2 stages')} steps):", flush=True)
-            for line in headline_lines(result, floor, intervals):
+            for line in metric_lines(result, floor, intervals, prefix="offline."):
                 print("    " + line)
             print(f"    FID {features['fid']:.4g} (real vs real {floor_features['fid']:.4g}), MMD {features['mmd']:.4g} "
                   f"(real vs real {floor_features['mmd']:.4g}); lower is better; {features['protocol']['weights']}", flush=True)

@@ -183,7 +183,8 @@ def _add_offline_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_offline(args: argparse.Namespace) -> None:
     from prdit.evaluation.evaluate import base_protocol
     from prdit.evaluation.data import check_same_shape
-    from prdit.evaluation.offline import HEADLINE, bootstrap_intervals, compare_statistics, headline_lines, real_floor, volume_statistics
+    from prdit.evaluation.descriptions import METRICS, metric_lines
+    from prdit.evaluation.offline import bootstrap_intervals, compare_statistics, real_floor, volume_statistics
 
     out = _output_path(args)
     real, fake = _load(args, "data_root_real", "real"), _load(args, "data_root_fake", "fake")
@@ -191,13 +192,14 @@ def _run_offline(args: argparse.Namespace) -> None:
     real_stats, fake_stats = volume_statistics(real.volumes), volume_statistics(fake.volumes)
     result = compare_statistics(real_stats, fake_stats)
     floor = real_floor(real_stats) if len(real) >= 4 else None
-    intervals = bootstrap_intervals(real_stats, fake_stats, list(HEADLINE), resamples=args.bootstrap) if args.bootstrap else {}
+    described = [key.removeprefix("offline.") for key in METRICS if key.startswith("offline.")]
+    intervals = bootstrap_intervals(real_stats, fake_stats, described, resamples=args.bootstrap) if args.bootstrap else {}
     result["real_vs_real_floor"] = floor
     result["bootstrap_95"] = {key: list(interval) for key, interval in intervals.items()}
     result["protocol"] = {**base_protocol(real, fake, args.space, args.resize), "dataset": args.dataset,
                           "floor": "the same metrics between two random halves of the real set (None below 4 real volumes)",
                           "bootstrap": f"percentile intervals over {args.bootstrap} resamples of both sets"}
-    _emit("\n".join(headline_lines(result, floor, intervals)), result, out, args.overwrite)
+    _emit("\n".join(metric_lines(result, floor, intervals, prefix="offline.")), result, out, args.overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------------

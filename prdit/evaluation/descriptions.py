@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from prdit.evaluation.anatomy import FEATURES as ANATOMY_FEATURES
+
 Better = Literal["lower", "higher", "match"]
 ARROWS: dict[str, str] = {"lower": "↓", "higher": "↑", "match": "≈"}
 BETTER_WORDS: dict[str, str] = {"lower": "lower is better", "higher": "higher is better", "match": "closer to the real value is better"}
@@ -55,6 +57,19 @@ def _tissue(name: str, words: str) -> MetricInfo:
     )
 
 
+# The anatomy features shown as rows (the others stay in the JSON and under "other numbers").
+ANATOMY_HEADLINE = ("lung_fraction_of_body", "lung_components", "body_surface_ratio", "lung_mask_mean_hu",
+                    "lung_mask_std_hu", "soft_tissue_mean_hu", "middle_lung_fraction", "inferior_soft_tissue_fraction")
+
+
+def _anatomy(name: str) -> MetricInfo:
+    words, unit = ANATOMY_FEATURES[name]
+    return MetricInfo(
+        f"offline.anatomy.features.{name}.fake_mean", f"Anatomy: {words}", "" if unit == "count" else unit, "match",
+        f"mean over the volumes of: {words}", reference="real", real_key=f"offline.anatomy.features.{name}.real_mean",
+    )
+
+
 METRICS: dict[str, MetricInfo] = {info.key: info for info in (
     MetricInfo("fid", "Fréchet distance (FID) of 3D features", "", "lower",
                "distance between Gaussians fitted to MedicalNet features of each set", uses_features=True),
@@ -75,6 +90,13 @@ METRICS: dict[str, MetricInfo] = {info.key: info for info in (
                "mean |log10 power ratio| over radial frequencies: 1.0 = a tenfold mismatch"),
     MetricInfo("offline.power_spectrum.high_frequency_log10_distance", "Power-spectrum distance, fine detail",
                "log10", "lower", "the same above 0.25 cycles/voxel: noise and texture"),
+    MetricInfo("offline.power_spectrum.high_frequency_power_ratio", "Fine-detail power, generated / real", "", "match",
+               "power above 0.25 cycles/voxel relative to the real set's: below 1 = too smooth, above 1 = too noisy "
+               "(a perfect generator: about 1, see the real-vs-real value)"),
+    MetricInfo("offline.anatomy.score", "Anatomy score", "", "lower",
+               "mean over the anatomy features below of |generated mean - real mean| / real std (body and lung masks, "
+               "tissue fractions per z third, HU per tissue)"),
+    *(_anatomy(name) for name in ANATOMY_HEADLINE),
     MetricInfo("ms_ssim.fake.mean", "MS-SSIM between samples (diversity)", "", "match",
                "mean 3D MS-SSIM over pairs of volumes: higher = more alike, too high suggests mode collapse",
                reference="real", real_key="ms_ssim.real.mean"),
@@ -82,7 +104,8 @@ METRICS: dict[str, MetricInfo] = {info.key: info for info in (
 
 # Scalars that are settings of a metric or restate a described one: never listed as "other numbers".
 SETTINGS = ("range_hu", "bin_hu", "high_frequency_threshold", "bins", "hu_range", "pairs", "scales", "weights", "steps",
-            "real_mean", "real_std", "fake_std", "std", "mmd_gamma", "abs_difference")
+            "real_mean", "real_std", "fake_std", "std", "mmd_gamma", "abs_difference", "standardised_difference",
+            "fake_missing")
 REAL_KEYS = {info.real_key for info in METRICS.values() if info.real_key}
 
 
@@ -148,6 +171,34 @@ def undescribed(result: dict, prefix: str = "") -> dict[str, float]:
         elif path not in METRICS and path not in REAL_KEYS and lookup(result, key) is not None:
             found[path] = float(value)
     return found
+
+
+def metric_lines(result: dict, floor: dict | None = None, intervals: dict | None = None, prefix: str = "") -> list[str]:
+    """One line per described metric in ``result``: value [95% interval], its better direction, its reference.
+
+    ``prefix``: the part of the described keys ``result`` is nested under (``"offline."`` for the result of
+    :func:`prdit.evaluation.offline.compare_statistics`); ``intervals`` and ``floor`` use the same unprefixed keys.
+    """
+    lines = []
+    for info in METRICS.values():
+        if not info.key.startswith(prefix):
+            continue
+        key = info.key[len(prefix):]
+        value = lookup(result, key)
+        if value is None:
+            continue
+        text = f"{info.name}: {format_number(value, info.digits)}{' ' + info.unit if info.unit else ''}"
+        if intervals and key in intervals:
+            text += f" [95% CI {format_number(intervals[key][0], info.digits)}, {format_number(intervals[key][1], info.digits)}]"
+        if info.reference == "real":
+            reference = f"real {format_number(lookup(result, info.real_key[len(prefix):]), info.digits)}"
+            if floor is not None:  # what a second real set scores: the sampling noise of the comparison
+                reference += f", real vs real {format_number(lookup(floor, key), info.digits)}"
+        else:
+            reference = f"real vs real {format_number(lookup(floor, key), info.digits)}" if floor is not None else "no floor"
+        better = "closer to the real value is better" if info.reference == "real" or info.better != "match" else "closer to the real-vs-real value is better"
+        lines.append(f"{text}  ({BETTER_WORDS[info.better] if info.better != 'match' else better}; {reference})")
+    return lines
 
 
 def format_number(value: float | None, digits: int = 3) -> str:

@@ -17,6 +17,7 @@ from scipy.stats import wasserstein_distance
 
 from prdit.evaluation import anatomy
 from prdit.evaluation.anatomy import TISSUE_RANGES
+from prdit.evaluation.descriptions import lookup
 
 HISTOGRAM_RANGE = (-1100.0, 1500.0)  # HU; values outside are counted in the first/last bin
 HISTOGRAM_BIN_HU = 10.0
@@ -189,44 +190,10 @@ def real_floor(real: Statistics, seed: int = 0) -> dict:
     return compare_statistics(select(real, order[: n // 2]), select(real, order[n // 2 :]))
 
 
-# dotted key -> (name in words, unit, better: lower | higher | match, the value a perfect generator has for "match")
-HEADLINE: dict[str, tuple[str, str, str, float | None]] = {
-    "hu_histogram.wasserstein_hu": ("HU histogram distance (Wasserstein-1)", "HU", "lower", None),
-    "hu_histogram.jensen_shannon_bits": ("HU histogram divergence (Jensen-Shannon)", "bits", "lower", None),
-    **{f"tissue_fractions.{t}.abs_difference": (f"{t.replace('_', '-')} fraction, |generated - real|", "", "lower", None)
-       for t in TISSUE_RANGES},
-    "power_spectrum.log10_distance": ("power-spectrum distance, all frequencies", "log10", "lower", None),
-    "power_spectrum.high_frequency_log10_distance": ("power-spectrum distance above 0.25 cycles/voxel", "log10", "lower", None),
-    "power_spectrum.high_frequency_power_ratio": ("power above 0.25 cycles/voxel, generated / real", "", "match", 1.0),
-    "anatomy.score": ("anatomy score: mean |standardised difference| of mask and band features", "", "lower", None),
-}
-
-
-def headline_lines(result: dict, floor: dict | None = None, intervals: dict | None = None) -> list[str]:
-    """One line per headline metric: value [bootstrap interval], which direction is better, the real-vs-real floor."""
-    lines = []
-    for key, (words, unit, better, target) in HEADLINE.items():
-        value = lookup(result, key)
-        text = f"{words}: {value:.4g}{' ' + unit if unit else ''}"
-        if intervals and key in intervals:
-            text += f" [95% CI {intervals[key][0]:.4g}, {intervals[key][1]:.4g}]"
-        text += "  (" + (f"closer to {target:g} is better" if better == "match" else f"{better} is better")
-        text += f"; real vs real {lookup(floor, key):.4g})" if floor is not None else ")"
-        lines.append(text)
-    return lines
-
-
 def select(statistics: Statistics, index: np.ndarray) -> Statistics:
     """The statistics of the volumes ``index`` (repeats allowed: a bootstrap resample)."""
     return {key: ({k: v[index] for k, v in value.items()} if isinstance(value, dict) else
                   value if key == "shape" else value[index]) for key, value in statistics.items()}
-
-
-def lookup(result: dict, key: str) -> float:
-    """The number at a dotted key of a nested result (``"hu_histogram.wasserstein_hu"``)."""
-    for part in key.split("."):
-        result = result[part]
-    return float(result)
 
 
 def bootstrap_intervals(
@@ -244,6 +211,7 @@ def bootstrap_intervals(
     for _ in range(resamples):
         result = compare(select(real, rng.integers(0, n_real, n_real)), select(fake, rng.integers(0, n_fake, n_fake)))
         for key in keys:
-            values[key].append(lookup(result, key))
+            value = lookup(result, key)
+            values[key].append(np.nan if value is None else value)
     tail = (1 - level) / 2
     return {key: tuple(float(q) for q in np.nanquantile(v, [tail, 1 - tail])) for key, v in values.items()}

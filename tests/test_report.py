@@ -9,6 +9,7 @@ import pytest
 
 from prdit.cli import main
 from prdit.errors import PrditError
+from prdit.evaluation.descriptions import METRICS
 from prdit.io import load_volume, sha256_file
 from prdit.report import collect, write_report
 from prdit.report.content import downsample
@@ -67,7 +68,7 @@ def test_report_with_real_volumes_has_the_readable_metrics_table(tiny_run, tmp_p
     table = page[page.index('<table class="metrics">'):page.index("</table>")]
     assert "HU histogram distance (Wasserstein-1)" in table and "Lung fraction" in table and "↓" in table
     assert "random-init network" in page and "N = 2 volumes is below the feature dimension" in page
-    assert table.count("<tr>") == 1 + 12  # header + every described metric
+    assert table.count("<tr>") == 1 + len(METRICS)  # header + every described metric
     floor_cells = re.findall(r'<td class="reference"[^>]*>([^<]*)</td>', table)
     assert all(cell != "–" for cell in floor_cells)  # 6 real volumes: a floor for every metric
 

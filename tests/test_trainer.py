@@ -185,3 +185,14 @@ def test_debug_config_is_tiny_and_keeps_phantoms_apart(tmp_path):
     assert debug.training.total_steps <= 8 and debug.data.phantom.num <= 8
     assert debug.data.root == config.data.root + "-debug"
     assert debug.output.results_dir.endswith("debug") and debug.model.name == config.model.name
+
+
+def test_bf16_on_cpu_follows_the_fp32_loss_curve(blob_data, tmp_path):
+    """training.precision: bf16 runs under CPU autocast and stays within bf16 rounding of the fp32 run."""
+    quiet_logging = {"ckpt_every": 100, "eval_every": 100}
+    runs = {p: train(make_config(blob_data, tmp_path / p, logging=quiet_logging, total_steps=4, precision=p), quiet())
+            for p in ("fp32", "bf16")}
+    losses = {p: np.array([r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r]) for p, run in runs.items()}
+    assert len(losses["bf16"]) == 4 and np.isfinite(losses["bf16"]).all()
+    assert not np.array_equal(losses["bf16"], losses["fp32"])  # autocast really changed the arithmetic
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.05)

@@ -16,8 +16,10 @@ whole run (torch itself and the weights included) and the peak growth over the s
 
 CPU, the issue-15 table (about 15 min on 2 shared cores):
     python -m benchmarks.bench_reference
-GPU (bf16 autocast, TF32, flash SDPA, fused AdamW; memory from the CUDA allocator):
-    python -m benchmarks.bench_reference --device cuda --sizes 128 --batches 1 2 --precision bf16 --repeats 10
+prdit with training.precision bf16 (CPU autocast) against the reference as released:
+    python -m benchmarks.bench_reference --precision bf16 --name reference_cpu_bf16
+GPU (see benchmarks/README.md for the full set of commands):
+    python -m benchmarks.bench_reference --device cuda --sizes 64 128 --batches 1 2 --repeats 10 --tf32
 """
 
 from __future__ import annotations
@@ -208,11 +210,15 @@ class ReferencePRDiT(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build(side: str, case: str, size: int, batch: int, device: str, precision: str, adamw: str, seed: int = 0):
-    """(model, training step, sampling call) of ``side`` ('prdit' or 'reference') for one case."""
+def build(side: str, case: str, size: int, batch: int, device: str, precision: str, adamw: str, seed: int = 0,
+          compile: bool = False, grad_checkpoint: bool = False):
+    """(model, training step, sampling call) of ``side`` ('prdit' or 'reference') for one case.
+
+    ``compile`` (torch.compile) and ``grad_checkpoint`` (activation checkpointing) apply to prdit only.
+    """
     name, frozen = f"PRDiT-{case.split('-')[0]}", case.endswith("-frozen")
     torch.manual_seed(seed)
-    model = create_model(name, size)
+    model = create_model(name, size, grad_checkpoint=grad_checkpoint and side == "prdit")
     with torch.no_grad():  # trained-looking weights: zero-initialised layers would make some gradients trivial
         for p in model.parameters():
             p.normal_(0, 0.02)
@@ -224,6 +230,8 @@ def build(side: str, case: str, size: int, batch: int, device: str, precision: s
         model = reference
     model = model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if compile and side == "prdit":
+        model = torch.compile(model)
     if adamw == "own":
         adamw = "fused" if side == "prdit" else "default"
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, **ADAMW[adamw])
@@ -231,7 +239,9 @@ def build(side: str, case: str, size: int, batch: int, device: str, precision: s
     x = torch.rand((batch, 1, size, size, size), generator=generator).mul(2).sub(1).to(device)
     t = torch.randint(0, 1000, (batch,), generator=generator).to(device)
     target = torch.randn((batch, 2, size, size, size), generator=generator).to(device)
-    amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    # The official train.py has no autocast: the reference always runs in fp32 (with its bf16 attention).
+    bf16 = precision == "bf16" and side == "prdit"
+    amp = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -257,10 +267,11 @@ def _vm(field: str) -> int:
 
 
 def memory_probe(side: str, case: str, size: int, batch: int, device: str, precision: str, adamw: str,
-                 steps: int, onednn: bool = True) -> dict:
+                 steps: int, onednn: bool = True, compile: bool = False, grad_checkpoint: bool = False) -> dict:
     """Run inside a fresh process: peak memory of ``steps`` training steps."""
     set_cpu_onednn(onednn)
-    model, step, _ = build(side, case, size, batch, device, precision, adamw)
+    model, step, _ = build(side, case, size, batch, device, precision, adamw, compile=compile,
+                           grad_checkpoint=grad_checkpoint)
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -315,6 +326,43 @@ def interleaved(runs: dict, repeats: int, device: str) -> dict[str, list[float]]
     return times
 
 
+def demo_before_after(repeats: int, batch: int = 8) -> list[dict]:
+    """The phantom demo's two training stages (PRDiT-T/6/0, PRDiT-T/6/2 with the local denoiser frozen; 32^3,
+    stride 4, batch 8, IaN loss) as before issue 15 (linears on torch's BLAS, foreach AdamW) and after
+    (oneDNN linears, fused AdamW), interleaved in one process."""
+    from prdit.diffusion import create_diffusion
+
+    diffusion = create_diffusion(None)
+    rows = []
+    for name in ("PRDiT-T/6/0", "PRDiT-T/6/2"):
+        runs = {}
+        for label, onednn, adamw in (("before", False, "foreach"), ("after", True, "fused")):
+            torch.manual_seed(0)
+            model = create_model(name, 32, stride=4)
+            if model.depth:
+                model.freeze_local_denoiser()
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, **ADAMW[adamw])
+            x0 = torch.rand((batch, 1, 32, 32, 32), generator=torch.Generator().manual_seed(1)) * 2 - 1
+            generator = torch.Generator().manual_seed(2)
+
+            def step(model=model, optimizer=optimizer, x0=x0, generator=generator, onednn=onednn) -> None:
+                previous = set_cpu_onednn(onednn)
+                optimizer.zero_grad(set_to_none=True)
+                diffusion.training_loss(model, x0, generator).backward()
+                optimizer.step()
+                set_cpu_onednn(previous)
+
+            runs[label] = step
+        times = interleaved(runs, repeats, "cpu")
+        row = {"model": name, "seconds_median": {k: common.median(v) for k, v in times.items()},
+               "speedup": common.median([b / a for b, a in zip(times["before"], times["after"])]),
+               "load": load_average()}
+        print(f"demo {name}: before {row['seconds_median']['before']:.3f} s, after {row['seconds_median']['after']:.3f} s,"
+              f" x{row['speedup']:.2f}; load {row['load']}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def load_average() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -329,19 +377,27 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="autocast of the whole step for both sides (the reference always runs attention in bf16)")
+                        help="prdit's training.precision (the reference runs as released: fp32, bf16 attention)")
     parser.add_argument("--tf32", action="store_true", help="TF32 matmuls for fp32 on CUDA")
     parser.add_argument("--adamw", default="own", choices=["own", *ADAMW],
                         help="AdamW implementation: own = each side's (prdit fused, official torch default), or one for both")
+    parser.add_argument("--compile", action="store_true", help="torch.compile prdit's model")
+    parser.add_argument("--grad-checkpoint", action="store_true", help="prdit with activation checkpointing")
     parser.add_argument("--no-onednn", action="store_true", help="prdit's fp32 CPU linears on torch's BLAS (MKL)")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per side (interleaved)")
     parser.add_argument("--memory-steps", type=int, default=2, help="steps per memory probe (fresh process)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--check", action="store_true", help="first check that both sides compute the same function")
+    parser.add_argument("--demo", action="store_true",
+                        help="only the phantom demo's training steps before/after this work (CPU)")
     parser.add_argument("--name", default=None, help="results file stem (default: reference_<device>)")
     args = parser.parse_args()
     common.setup_device(args.device, args.tf32)
     set_cpu_onednn(not args.no_onednn)
+    if args.demo:
+        payload = {"machine": common.machine(), "args": vars(args), "demo": demo_before_after(args.repeats)}
+        print(f"wrote {common.write_json(args.name or 'reference_demo_cpu', payload)}")
+        return
     if args.check:
         print(f"max |prdit - reference| / max |prdit| = {check_same_function(args.device):.2e} (bf16 attention)")
     results = []
@@ -350,7 +406,8 @@ def main() -> None:
             for case in args.cases:
                 row = {"case": case, "size": size, "batch": batch, "precision": args.precision,
                        "load_before": load_average()}
-                built = {side: build(side, case, size, batch, args.device, args.precision, args.adamw)
+                built = {side: build(side, case, size, batch, args.device, args.precision, args.adamw,
+                                     compile=args.compile, grad_checkpoint=args.grad_checkpoint)
                          for side in ("prdit", "reference")}
                 times = interleaved({side: b[1] for side, b in built.items()}, args.repeats, args.device)
                 row["seconds"] = times
@@ -365,7 +422,9 @@ def main() -> None:
                 gc.collect()
                 if not args.no_memory:
                     mem = {side: memory_in_fresh_process(side, case, size, batch, args.device, args.precision,
-                                                         args.adamw, args.memory_steps, not args.no_onednn) for side in ("prdit", "reference")}
+                                                         args.adamw, args.memory_steps, not args.no_onednn,
+                                                         args.compile, args.grad_checkpoint)
+                           for side in ("prdit", "reference")}
                     row["memory"] = mem
                     row["peak_ratio"] = mem["prdit"]["peak_bytes"] / mem["reference"]["peak_bytes"]
                     row["step_memory_ratio"] = mem["prdit"]["step_bytes"] / mem["reference"]["step_bytes"]

@@ -129,7 +129,9 @@ class TrainingConfig(Section):
     ema_warmup: bool = Field(False, description="EMA decay min(decay, (1+n)/(10+n)): for short runs")
     seed: int = 42
     total_steps: int = Field(104000, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 autocast on GPU, fp32 on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on CPU too is 1.5-1.7x faster with AVX-512 bf16"
+    )
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     max_bad_steps: int = Field(20, ge=1, description="consecutive non-finite/exploding steps before aborting")

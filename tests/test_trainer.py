@@ -204,3 +204,14 @@ def test_cosine_schedule_warms_up_then_decays_to_the_final_fraction(blob_data, t
     logged = [r["lr"] for r in read_log(train(config, quiet()) / "log.jsonl") if "lr" in r]
     expected = [3e-3 * lr_factor(s, config.training) for s in range(12)]
     assert logged == pytest.approx(expected) and logged[-1] == 0.0
+
+
+def test_bf16_on_cpu_follows_the_fp32_loss_curve(blob_data, tmp_path):
+    """training.precision: bf16 runs under CPU autocast and stays within bf16 rounding of the fp32 run."""
+    quiet_logging = {"ckpt_every": 100, "eval_every": 100}
+    runs = {p: train(make_config(blob_data, tmp_path / p, logging=quiet_logging, total_steps=4, precision=p), quiet())
+            for p in ("fp32", "bf16")}
+    losses = {p: np.array([r["loss"] for r in read_log(run / "log.jsonl") if "loss" in r]) for p, run in runs.items()}
+    assert len(losses["bf16"]) == 4 and np.isfinite(losses["bf16"]).all()
+    assert not np.array_equal(losses["bf16"], losses["fp32"])  # autocast really changed the arithmetic
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.05)

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from prdit.errors import PrditError
 from prdit.inverse.guidance import DataConsistency, measurement_guidance
 from prdit.inverse.operators import Operator
+from prdit.runtime import autocast_for
 
 
 def hu_affine(mapping) -> tuple[float, float]:
@@ -58,7 +59,7 @@ def sample_posterior(
         chunk = seeds[start : start + batch_size]
         noise = torch.cat([pipeline.initial_noise(s) for s in chunk]).to(pipeline.device)
         generators = [torch.Generator(device=pipeline.device).manual_seed(s + 1) for s in chunk]
-        with pipeline._autocast():
+        with autocast_for(pipeline.precision, pipeline.device):
             _, x0 = pipeline.diffusion.sample(
                 pipeline.model, tuple(noise.shape), sampler=sampler, steps=steps, generator=generators, noise=noise,
                 progress=progress and len(seeds) == 1, return_x0=True, guidance=guide,

@@ -30,9 +30,10 @@ def as_guidance(guidance: DataConsistency | int | None) -> DataConsistency:
 def sample_posterior(
     pipeline, y: torch.Tensor, op: Operator, steps: int | None = None, sampler: str | None = None, seed: int = 0,
     num_samples: int = 1, guidance: DataConsistency | int | None = None, return_std: bool = False,
-    batch_size: int | None = None, progress: bool = False,
+    batch_size: int | None = None, progress: bool = False, return_samples: bool = False,
 ):
-    """See :meth:`prdit.sample.Pipeline.restore`: the posterior mean [1, 1, D, H, W] in HU (and its std)."""
+    """See :meth:`prdit.sample.Pipeline.restore`: the posterior mean [1, 1, D, H, W] in HU (and its std), or with
+    ``return_samples`` the samples themselves [num_samples, 1, D, H, W]."""
     if not isinstance(op, Operator):
         raise PrditError(f"restore needs a prdit.inverse operator, got {type(op).__name__}")
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
@@ -66,6 +67,8 @@ def sample_posterior(
             )
         volumes.append(pipeline.mapping.to_hu(x0.float().cpu()))
     volumes = torch.cat(volumes)
+    if return_samples:
+        return volumes
     mean = volumes.mean(0, keepdim=True)
     if return_std:
         return mean, volumes.std(0, keepdim=True, unbiased=False)

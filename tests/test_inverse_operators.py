@@ -116,6 +116,18 @@ def test_filtered_backprojection_recovers_water_from_many_views():
     assert float(reconstruction[core].mean()) == pytest.approx(0.0, abs=40.0)
     assert float(reconstruction[core].std()) < 40.0
     assert float(reconstruction[~inside].mean()) < -900.0
+    assert op.baseline_method == "fbp"
+
+
+def test_few_view_backprojection_gives_each_ray_its_mean_attenuation():
+    size = 24
+    op = SparseViewXray([0.0], (1, size, size), spacing_mm=(1.0, 1.0, 1.0))
+    assert op.baseline_method == "backprojection"
+    water = torch.zeros(1, 1, 1, size, size)
+    torch.testing.assert_close(op.baseline(op(water)), water, rtol=0, atol=1e-3)  # uniform: exact
+    rows = torch.linspace(-1000, 0, size).view(1, 1, 1, size, 1).expand(1, 1, 1, size, size)
+    # the frontal view integrates along y: every pixel gets its column's mean, whatever its row
+    torch.testing.assert_close(op.baseline(op(rows)), torch.full_like(rows, -500.0), rtol=0, atol=1.0)
 
 
 def test_uniform_angles_cover_a_half_turn():
@@ -134,6 +146,7 @@ def test_uniform_angles_cover_a_half_turn():
         (lambda: SparseViewXray([], (4, 4, 4)), "at least one projection angle"),
         (lambda: SparseViewXray([0, 0], (4, 4, 4)), "must be distinct"),
         (lambda: uniform_angles(0), "at least one view"),
+        (lambda: SparseViewXray([0.0], (4, 4, 4), baseline_method="sirt"), "auto, fbp or backprojection"),
     ],
 )
 def test_bad_parameters_are_one_line_errors(build, message):

@@ -29,6 +29,8 @@ from prdit.errors import PrditError
 MU_WATER = 0.02
 #: Projector matrices with at most this many entries are applied dense (32 MB in float32).
 DENSE_LIMIT = 1 << 23
+#: Fewest views for which the X-ray baseline is filtered backprojection (below: normalised backprojection).
+FBP_MIN_VIEWS = 6
 #: HU of air: the blur operator works on attenuation HU + 1000, which is zero outside the body.
 AIR_HU = -1000.0
 
@@ -263,13 +265,23 @@ class SparseViewXray(Operator):
     spacing; default width: the slice diagonal): angle 0 is the frontal (anterior-posterior) view, 90 the
     lateral one. Measurement [B, A, D, detector_pixels] (dimensionless line integrals). The projector is a
     sparse matrix of bilinear-interpolation weights sampled every half pixel along each ray, so its adjoint
-    is its exact transpose. Baseline: filtered backprojection (Ram-Lak filter) converted to HU.
+    is its exact transpose. Baseline (``baseline_method``): ``fbp``, filtered backprojection (Ram-Lak), or
+    ``backprojection``, each ray's mean attenuation (its line integral over its path length in the volume) smeared
+    back and averaged over the views; ``auto`` (default) takes the latter below :data:`FBP_MIN_VIEWS` views, where
+    FBP is mostly streaks, so that the comparison is with the better classical reconstruction.
     """
 
     name = "xray"
+    guidance_iterations = 5  # 5 and 20 steps give the same restorations (PSNR within 0.1 dB at 1 and 8 views)
 
-    def __init__(self, angles_deg: Sequence[float], volume_shape: Sequence[int], spacing_mm: Sequence[float] = (1.0, 1.0, 1.0)):
+    def __init__(self, angles_deg: Sequence[float], volume_shape: Sequence[int], spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+                 baseline_method: str = "auto"):
         angles = [float(a) for a in angles_deg]
+        if baseline_method not in ("auto", "fbp", "backprojection"):
+            raise PrditError(f"xray baseline method must be auto, fbp or backprojection, got {baseline_method!r}")
+        if baseline_method == "auto":
+            baseline_method = "fbp" if len(angles) >= FBP_MIN_VIEWS else "backprojection"
+        self.baseline_method = baseline_method
         if not angles:
             raise PrditError("xray needs at least one projection angle (--angles, in degrees)")
         if len(set(angles)) != len(angles):
@@ -386,11 +398,19 @@ class SparseViewXray(Operator):
         filtered = F.conv1d(y.reshape(-1, 1, u).float(), kernel.view(1, 1, -1), padding=n - 1)
         return filtered.view(b, a, d, u).to(y.dtype)
 
-    def baseline(self, y: torch.Tensor) -> torch.Tensor:
-        b, a, d, u = y.shape
+    def backproject(self, q: torch.Tensor) -> torch.Tensor:
+        """Sum over the views of each projection [B, A, D, U] interpolated at u = x cos + y sin: [B, 1, D, H, W]."""
+        b, a, d, u = q.shape
         _, h, w = self.volume_shape
-        filtered = self.ramp_filter(y).permute(0, 2, 1, 3).reshape(b * d, a * u).T
-        mu = self._apply(self._backprojector, filtered).T.reshape(b, 1, d, h, w) * (math.pi / a)
+        return self._apply(self._backprojector, q.permute(0, 2, 1, 3).reshape(b * d, a * u).T).T.reshape(b, 1, d, h, w)
+
+    def baseline(self, y: torch.Tensor) -> torch.Tensor:
+        views = y.shape[1]
+        if self.baseline_method == "fbp":
+            mu = self.backproject(self.ramp_filter(y)) * (math.pi / views)
+        else:
+            path = self.project(torch.ones((1, 1, *self.volume_shape), dtype=y.dtype, device=y.device))
+            mu = self.backproject(torch.where(path > 0, y / path.clamp(min=1e-6), 0.0)) / views
         return 1000.0 * (mu / MU_WATER - 1)
 
     def measurement_shape(self, volume_shape: Sequence[int]) -> tuple[int, ...]:
@@ -402,7 +422,7 @@ class SparseViewXray(Operator):
     def params(self) -> dict:
         return {"name": self.name, "angles_deg": self.angles_deg, "views": len(self.angles_deg),
                 "geometry": "parallel beam about z", "detector_pixels": self.detector_pixels, "pitch_mm": self.pitch,
-                "mu_water_per_mm": MU_WATER, "spacing_mm": list(self.spacing), "baseline": "filtered backprojection (Ram-Lak)"}
+                "mu_water_per_mm": MU_WATER, "spacing_mm": list(self.spacing), "baseline": self.baseline_method}
 
 
 def _sparse(indices: torch.Tensor, values: list[np.ndarray], shape: tuple[int, int]) -> torch.Tensor:

@@ -15,6 +15,7 @@ quick check: ``--volumes 2 --tasks sr2 xray2``; another model: ``--ckpt results/
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from prdit.demo import SHIPPED_WEIGHTS
 from prdit.inverse import Deblurring, Inpainting, Operator, SparseViewXray, SuperResolution, uniform_angles
 from prdit.inverse.command import central_cube_mask
 from prdit.inverse.metrics import TISSUE_BANDS, reconstruction_metrics
+from prdit.io import atomic_write_text
 from prdit.sample import load_pipeline
 
 HELD_OUT_SEED = 10_000  # phantoms 0-199 train the shipped model; bench_quality holds out 10000+ as well
@@ -57,31 +59,45 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                 "std": statistics.pstdev([r[k] for r in rows if k in r])} for k in keys}
 
 
-def run(args: argparse.Namespace) -> dict:
+def timed(call: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float, float]:
+    """The result, wall seconds and process CPU seconds of ``call`` (CPU seconds are what the wall time would be on
+    an idle core with one thread; on a shared machine the wall time also counts waiting for the CPU)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = call()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run(args: argparse.Namespace):
+    """Yields the results so far after every volume (the script writes them, so a stopped run still reports)."""
     pipeline = load_pipeline(args.ckpt, device="cpu")
+    sampler, steps = pipeline.diffusion.resolve(args.sampler, args.steps)
     size = pipeline.input_size
     seeds = range(HELD_OUT_SEED, HELD_OUT_SEED + args.volumes)
     per_volume: dict[str, dict[str, list]] = {task: {m: [] for m in METHODS} for task in args.tasks}
-    seconds: dict[str, dict[str, list]] = {task: {"baseline": [], "restore-1": [], "restore-mean": []} for task in args.tasks}
+    seconds: dict[str, dict[str, list]] = {task: {} for task in args.tasks}
     examples: dict[str, dict[str, np.ndarray]] = {}
+    began = time.perf_counter()
     bar = tqdm(total=len(seeds) * len(args.tasks), desc="restoring", unit="task")
     for index, seed in enumerate(seeds):
+        if args.max_minutes and time.perf_counter() - began > 60 * args.max_minutes:
+            print(f"stopping after {index} volume(s): --max-minutes {args.max_minutes} spent")
+            break
         volume, spacing = generate_phantom(size, seed)
         truth = torch.from_numpy(volume)[None, None]
         for task in args.tasks:
             op = TASKS[task][1](size, tuple(spacing))
             y = op(truth)
-            began = time.perf_counter()
-            baseline = op.baseline(y)
-            seconds[task]["baseline"].append(time.perf_counter() - began)
-            if index < args.timed_volumes:  # one-sample restore alone, batch 1: the time a user waits
-                began = time.perf_counter()
-                pipeline.restore(y, op, steps=args.steps, sampler=args.sampler, seed=0)
-                seconds[task]["restore-1"].append(time.perf_counter() - began)
-            began = time.perf_counter()
-            samples = pipeline.restore(y, op, steps=args.steps, sampler=args.sampler, seed=0, num_samples=args.samples,
-                                       return_samples=True)
-            seconds[task]["restore-mean"].append(time.perf_counter() - began)
+            runs = {"baseline": lambda: op.baseline(y),
+                    "restore-mean": lambda: pipeline.restore(y, op, steps=steps, sampler=sampler, seed=0,
+                                                             num_samples=args.samples, return_samples=True)}
+            if index < args.timed_volumes:  # one sample alone: the time a user waits for num_samples=1
+                runs["restore-1"] = lambda: pipeline.restore(y, op, steps=steps, sampler=sampler, seed=0)
+            outputs = {}
+            for method, call in runs.items():
+                outputs[method], wall, cpu = timed(call)
+                for key, value in (("wall", wall), ("cpu", cpu)):
+                    seconds[task].setdefault(f"{method}_{key}", []).append(value)
+            baseline, samples = outputs["baseline"], outputs["restore-mean"]
             estimates = {"baseline": baseline, "restore-1": samples[:1], "restore-mean": samples.mean(0, keepdim=True)}
             for method, estimate in estimates.items():
                 per_volume[task][method].append(flatten(reconstruction_metrics(op, estimate, truth, y)))
@@ -89,23 +105,27 @@ def run(args: argparse.Namespace) -> dict:
                 examples[task] = {"truth": volume, **{m: e[0, 0].numpy() for m, e in estimates.items()},
                                   "std": samples.std(0, unbiased=False)[0].numpy()}
             bar.update()
+        yield summary(args, pipeline, sampler, steps, seeds[: index + 1], per_volume, seconds, examples)
     bar.close()
+
+
+def summary(args, pipeline, sampler, steps, seeds, per_volume, seconds, examples) -> dict:
     return {
         "protocol": {
             "checkpoint": str(pipeline.checkpoint), "checkpoint_sha256": pipeline.checkpoint_sha256,
-            "model": pipeline.model.name, "volumes": args.volumes, "phantom_seeds": [seeds[0], seeds[-1]],
-            "size": size, "sampler": args.sampler or pipeline.diffusion.default_sampler,
-            "steps": args.steps or pipeline.diffusion.default_steps(args.sampler or pipeline.diffusion.default_sampler),
+            "model": pipeline.model.name, "volumes": len(seeds), "volumes_asked": args.volumes,
+            "phantom_seeds": [seeds[0], seeds[-1]], "size": pipeline.input_size, "sampler": sampler, "steps": steps,
             "samples": args.samples, "measurement_noise": 0.0, "tissue_bands_hu": {k: list(v) for k, v in TISSUE_BANDS.items()},
             "threads": torch.get_num_threads(), "timed_volumes": args.timed_volumes,
-            "seconds": "restore-1: one sample alone (batch 1), first timed_volumes volumes; restore-mean: all samples in one batch",
+            "seconds": "per volume, wall and process CPU; restore-1: one sample alone (batch 1) on the first timed_volumes "
+                       "volumes; restore-mean: all samples in one batch",
         },
         "machine": common.machine(),
         "tasks": {
             task: {
                 "label": TASKS[task][0],
                 "metrics": {m: summarise(per_volume[task][m]) for m in METHODS},
-                "seconds": {m: statistics.fmean(v) for m, v in seconds[task].items() if v},
+                "seconds": {key: statistics.fmean(v) for key, v in seconds[task].items()},
                 "per_volume": per_volume[task],
             }
             for task in args.tasks
@@ -175,7 +195,7 @@ def plot_examples(results: dict, path) -> None:
 def table(results: dict) -> str:
     """The Markdown table of benchmarks/README.md."""
     header = ("| task | method | PSNR (dB) | SSIM | MAE air / lung / fat+soft / bone (HU) | bias fat+soft / bone (HU) "
-              "| data consistency | s / volume |\n|---|---|---|---|---|---|---|---|")
+              "| data consistency | CPU s (wall s) / volume |\n|---|---|---|---|---|---|---|---|")
     lines = [header]
     names = {"baseline": "baseline", "restore-1": "restore, 1 sample", "restore-mean": f"restore, mean of {results['protocol']['samples']}"}
     for task, entry in results["tasks"].items():
@@ -183,11 +203,12 @@ def table(results: dict) -> str:
             m = entry["metrics"][method]
             mae = " / ".join(f"{m[f'{b}_mae']['mean']:.0f}" if f"{b}_mae" in m else "-" for b in TISSUE_BANDS)
             bias = " / ".join(f"{m[f'{b}_bias']['mean']:+.0f}" if f"{b}_bias" in m else "-" for b in ("fat_soft", "bone"))
-            seconds = entry["seconds"].get(method)
+            wall, cpu = entry["seconds"].get(f"{method}_wall"), entry["seconds"].get(f"{method}_cpu")
+            seconds = "-" if wall is None else f"{cpu:.1f} ({wall:.1f})"
             lines.append(
                 f"| {entry['label'] if method == 'baseline' else ''} | {names[method]} | {m['psnr']['mean']:.2f} ± {m['psnr']['std']:.2f} "
                 f"| {m['ssim']['mean']:.3f} | {mae} | {bias} | {m['data_consistency']['mean']:.3f} "
-                f"| {'-' if seconds is None else f'{seconds:.2f}'} |"
+                f"| {seconds} |"
             )
     return "\n".join(lines)
 
@@ -200,19 +221,22 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4, help="posterior samples for the mean (default 4)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the sampler's own)")
     parser.add_argument("--sampler", default=None, help="sampler (default: the checkpoint's default)")
-    parser.add_argument("--timed-volumes", dest="timed_volumes", type=int, default=2,
-                        help="volumes on which the one-sample restore is also timed alone (default 2)")
+    parser.add_argument("--timed-volumes", dest="timed_volumes", type=int, default=1,
+                        help="volumes on which the one-sample restore is also run and timed alone (default 1)")
+    parser.add_argument("--max-minutes", dest="max_minutes", type=float, default=None,
+                        help="start no new volume after this many minutes (results cover the volumes done)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--name", default="restore_cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
-    results = run(args)
-    results["wall_seconds"] = time.perf_counter() - began
-    examples = results.pop("examples")
+    for results in run(args):  # rewritten after every volume
+        results["wall_seconds"] = time.perf_counter() - began
+        examples = results.pop("examples")
+        path = common.RESULTS_DIR / f"{args.name}.json"
+        atomic_write_text(path, json.dumps(results, indent=2) + "\n")
     plot(results, common.RESULTS_DIR / f"{args.name}.png")
     plot_examples({**results, "examples": examples}, common.RESULTS_DIR / f"{args.name}_examples.png")
-    path = common.write_json(args.name, results)
     print(table(results))
     print(f"wrote {path} and {args.name}.png, {args.name}_examples.png in {results['wall_seconds'] / 60:.1f} min")
 

@@ -150,15 +150,15 @@ def restore_command(args: argparse.Namespace) -> None:
         y = _tensor(measured.array)
     op.check_measurement(y, (1, 1) + (size,) * 3, source=str(args.input or args.simulate))
 
+    sampler, steps = pipeline.diffusion.resolve(args.sampler, args.steps)
     began = time.perf_counter()
     restored, std = pipeline.restore(
-        y, op, steps=args.steps, sampler=args.sampler, seed=args.seed, num_samples=args.num_samples,
+        y, op, steps=steps, sampler=sampler, seed=args.seed, num_samples=args.num_samples,
         guidance=DataConsistency(args.guidance_iterations), return_std=True, batch_size=args.batch_size,
         progress=args.progress,
     )
     seconds = time.perf_counter() - began
     baseline = op.baseline(y)
-    sampler = args.sampler or pipeline.diffusion.default_sampler
     sidecar = {
         "prdit_version": __version__,
         "task": args.task,
@@ -172,7 +172,7 @@ def restore_command(args: argparse.Namespace) -> None:
         "seed": args.seed,
         "num_samples": args.num_samples,
         "sampler": sampler,
-        "steps": args.steps or pipeline.diffusion.default_steps(sampler),
+        "steps": steps,
         "guidance": {"method": "CGLS data consistency on x0_hat", "iterations": args.guidance_iterations
                      if args.guidance_iterations is not None else op.guidance_iterations},
         "seconds": round(seconds, 2),

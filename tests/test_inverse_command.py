@@ -75,7 +75,9 @@ def test_xray_projections_round_trip_and_angles_are_checked(truth, tmp_path, cap
 
 
 def test_inpainting_needs_a_mask_of_the_right_size(truth, tmp_path, capsys):
-    assert restore("inpainting", "--simulate", str(truth), "--out", str(tmp_path / "sim")) == 0
+    assert restore("inpainting", "--simulate", str(truth), "--out", str(tmp_path / "sim"), "--report") == 0
+    page = (tmp_path / "sim" / "report.html").read_text()
+    assert "prdit restore inpainting" in page and "classical baseline" in page and "PSNR baseline" in page
     mask = load_volume(tmp_path / "sim" / "mask.nii.gz").array
     assert mask.shape == (32, 32, 32) and mask.mean() == pytest.approx(1 - 0.5**3)
     capsys.readouterr()

@@ -75,6 +75,8 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--window", default="lung", help="display window of the PNG: lung, mediastinal, bone, wide (default lung)")
     parser.add_argument("--overwrite", action="store_true", help="replace restored.nii.gz if --out already has one")
+    parser.add_argument("--report", action="store_true",
+                        help="also write OUT/report.html: the restoration, baseline and truth in a 3D slice viewer")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 

@@ -4,6 +4,7 @@ restore with a pipeline, write the NIfTI, sidecar and PNG."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -173,6 +174,7 @@ def restore_command(args: argparse.Namespace) -> None:
         "num_samples": args.num_samples,
         "sampler": sampler,
         "steps": steps,
+        "network_calls": pipeline.diffusion.network_calls(sampler, steps),
         "guidance": {"method": "CGLS data consistency on x0_hat", "iterations": args.guidance_iterations
                      if args.guidance_iterations is not None else op.guidance_iterations},
         "seconds": round(seconds, 2),
@@ -209,10 +211,34 @@ def restore_command(args: argparse.Namespace) -> None:
                               std=std[0, 0].numpy() if args.num_samples > 1 else None, baseline=baseline[0, 0].numpy(),
                               overwrite=args.overwrite)
     print(f"restored {args.task} in {seconds:.1f} s -> {paths['restored']} (+ {paths['sidecar'].name}, {paths['figure'].name})")
+    if args.report:
+        report = write_restore_report(out_dir, paths, sidecar, truth_path)
+        print(f"wrote {report} ({report.stat().st_size / 1e6:.1f} MB): open it in a browser")
     if truth is not None:
         m = sidecar["metrics"]
         print(f"PSNR baseline {m['baseline']['psnr']:.2f} dB -> restored {m['restored']['psnr']:.2f} dB; "
               f"SSIM {m['baseline']['ssim']:.3f} -> {m['restored']['ssim']:.3f}")
+
+
+def write_restore_report(out_dir: Path, paths: dict[str, Path], sidecar: dict, truth_path: str | None) -> Path:
+    """``report.html``: the restoration and the baseline in the 3D slice viewer, the truth below them when known."""
+    from prdit.report import write_html
+    from prdit.report.content import ReportContent, VolumeSet, report_volume
+
+    restored = [report_volume(paths["restored"], 64, f"seed {sidecar['seed']} · {sidecar['num_samples']} sample(s)"),
+                report_volume(paths["baseline"], 64, "classical baseline")]
+    sets = [VolumeSet("restoration", f"restoration · {sidecar['task']}", "generated", restored, str(out_dir))]
+    if truth_path:
+        sets.append(VolumeSet("real", "truth", "real", [report_volume(Path(truth_path), 64, "truth")], str(truth_path)))
+    notes = [f"operator: {json.dumps(sidecar['operator'])}"]
+    if "metrics" in sidecar:
+        m = sidecar["metrics"]
+        notes.append(f"PSNR baseline {m['baseline']['psnr']:.2f} dB -> restored {m['restored']['psnr']:.2f} dB; "
+                     f"SSIM {m['baseline']['ssim']:.3f} -> {m['restored']['ssim']:.3f}; data consistency "
+                     f"{m['baseline']['data_consistency']:.4f} -> {m['restored']['data_consistency']:.4f}")
+    content = ReportContent(f"prdit restore {sidecar['task']}", sets=sets, models=[{**sidecar, "set": "restoration"}],
+                            notes=notes)
+    return write_html(content, out_dir / "report.html")
 
 
 def _save_measurement(out_dir: Path, op: Operator, y: torch.Tensor, affine: np.ndarray,

@@ -7,7 +7,8 @@ mean absolute error and signed bias (HU) per tissue band of the truth, data cons
 seconds per volume. Tasks: super-resolution x2 and x4, inpainting of a missing central cube (half of each
 side), deblurring (Gaussian sigma 2 voxels, 7 taps, as TF-PRDiT's config), sparse-view X-ray with 1, 2, 4, 8 views.
 
-Default (about 25 min niced on one thread of the shared 2-core machine): ``python -m benchmarks.bench_restore``;
+Default (about 45 CPU seconds per volume on one thread, 12 CPU minutes in all; on a loaded shared machine the
+wall time is several times that, so ``--max-minutes`` bounds it): ``python -m benchmarks.bench_restore``;
 quick check: ``--volumes 2 --tasks sr2 xray2``; another model: ``--ckpt results/...``. Writes
 ``results/<name>.json`` and ``results/<name>.png`` (metric plot) and ``results/<name>_examples.png``.
 """

@@ -92,6 +92,26 @@ class Pipeline:
         ]
         return torch.cat(volumes)
 
+    @torch.no_grad()
+    def restore(
+        self, y: torch.Tensor, op, steps: int | None = None, sampler: str | None = None, seed: int = 0,
+        num_samples: int = 1, guidance=None, return_std: bool = False, batch_size: int | None = None,
+        progress: bool = False, return_samples: bool = False,
+    ):
+        """Reconstruct one HU volume [1, 1, D, H, W] from measurement ``y = op(x_hu)`` with this model as the prior.
+
+        ``op`` is a :mod:`prdit.inverse` operator; ``guidance`` a :class:`prdit.inverse.DataConsistency` (or its
+        number of conjugate-gradient iterations). Sample k starts from seed ``seed + k`` (as :meth:`sample`), so
+        each restore depends only on its seed; with ``num_samples > 1`` the result is the posterior mean, and
+        ``return_std=True`` also returns the voxelwise standard deviation over the samples (HU);
+        ``return_samples=True`` returns the samples themselves, [num_samples, 1, D, H, W].
+        """
+        from prdit.inverse import sample_posterior
+
+        return sample_posterior(self, y, op, steps=steps, sampler=sampler, seed=seed, num_samples=num_samples,
+                                guidance=guidance, return_std=return_std, batch_size=batch_size, progress=progress,
+                                return_samples=return_samples)
+
     def sidecar(self, seed: int, sampler: str, steps: int, grid: str = "prdit") -> dict:
         return {
             "prdit_version": __version__,

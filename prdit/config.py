@@ -250,6 +250,18 @@ def config_from_dict(values: dict, source: str = "config") -> Config:
         raise ConfigError(_validation_message(error, source)) from None
 
 
+def config_differences(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (old value, new value)}`` for every key whose value differs between two config dicts."""
+    differences: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences.update(config_differences(a, b, f"{prefix}{key}."))
+        elif a != b:
+            differences[f"{prefix}{key}"] = (a, b)
+    return differences
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``training.lr=3e-4`` -> (["training", "lr"], 3e-4). Values are read as YAML scalars/lists."""
     if "=" not in text:

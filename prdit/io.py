@@ -104,6 +104,14 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
     atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
 
 
+def remove_temp_files(*folders: str | os.PathLike) -> list[Path]:
+    """Delete what interrupted atomic writes left in ``folders`` (``.tmp-*`` files; not recursive)."""
+    stale = [p for folder in folders if Path(folder).is_dir() for p in Path(folder).glob(f"{TEMP_PREFIX}*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def ensure_writable(folder: str | os.PathLike, option: str = "--out") -> Path:
     """Create ``folder`` if needed and prove a file can be written in it, before any long work starts."""
     folder = Path(folder)

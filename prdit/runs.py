@@ -41,16 +41,27 @@ def numbered_runs(pattern: str | os.PathLike) -> list[Path]:
     return sorted(runs, key=lambda p: (run_number(p) if run_number(p) is not None else -1, p.name))
 
 
-def latest_run_dir(config: Config, needed_by: str = "--resume_training") -> Path:
-    """The most recent run of this config's name that has a checkpoint (for ``--resume_training``, sampling)."""
+def has_checkpoint(run_dir: Path) -> bool:
+    return (Path(run_dir) / "checkpoints" / LATEST).is_file()
+
+
+def latest_run_dir(config: Config, needed_by: str = "sampling") -> Path:
+    """The most recent run of this config's name that has a checkpoint (what sampling a config reads)."""
     root = Path(config.output.results_dir)
-    runs = [p for p in numbered_runs(root / f"*-{run_name(config)}") if (p / "checkpoints" / LATEST).exists()]
+    runs = [p for p in numbered_runs(root / f"*-{run_name(config)}") if has_checkpoint(p)]
     if not runs:
-        raise PrditError(
-            f"{needed_by}: no run of {run_name(config)} with a checkpoint under {root}/; "
-            + ("start a new run without --resume_training or pass --run-dir" if needed_by == "--resume_training"
-               else "train it first or pass --ckpt")
-        )
+        raise PrditError(f"{needed_by}: no run of {run_name(config)} with a checkpoint under {root}/; train it first or pass --ckpt")
+    return runs[-1]
+
+
+def resume_run_dir(config: Config) -> Path:
+    """The run ``--resume_training`` continues: the newest run of this config's name, also when it stopped before
+    its first checkpoint (it then starts again from step 0), so that an older, finished run is never extended."""
+    root = Path(config.output.results_dir)
+    runs = numbered_runs(root / f"*-{run_name(config)}")
+    if not runs:
+        raise PrditError(f"--resume_training: no run of {run_name(config)} under {root}/; "
+                         "start a new run without --resume_training or pass --run-dir")
     return runs[-1]
 
 

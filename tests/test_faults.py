@@ -8,12 +8,17 @@ commands run in one Python process there, which also reports what the mounted fo
 """
 
 import errno
+import io
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 
 import nibabel as nib
@@ -21,11 +26,17 @@ import numpy as np
 import pytest
 import torch
 
+import prdit.checkpoint
 import prdit.io
+from prdit.checkpoint import load_checkpoint, save_checkpoint
 from prdit.cli import main
+from prdit.config import config_from_dict, save_config
 from prdit.errors import StorageError
 from prdit.io import atomic_write_bytes, save_nifti
-from prdit.checkpoint import load_checkpoint, save_checkpoint
+from prdit.runs import new_run_dir
+from prdit.sample import claim_seed, load_pipeline, sample_to_folder
+from prdit.train.logger import read_log
+from prdit.train.trainer import TrainOptions, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = ROOT / "prdit" / "assets" / "phantom-32.safetensors"
@@ -321,7 +332,7 @@ def another_model(tmp_path: Path) -> Path:
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
 def test_a_sample_folder_never_mixes_checkpoints_or_settings(tmp_path, capsys):
@@ -342,11 +353,6 @@ def test_a_sample_folder_never_mixes_checkpoints_or_settings(tmp_path, capsys):
 
 
 def test_samplers_share_seeds_and_reclaim_a_dead_ones_lock(tmp_path, capsys):
-    import threading
-    import time
-
-    from prdit.sample import claim_seed, load_pipeline, sample_to_folder
-
     pipeline = load_pipeline(SHIPPED_MODEL, device="cpu")
     out = tmp_path / "out"
     out.mkdir()
@@ -380,3 +386,180 @@ def test_two_sampler_processes_into_one_folder_both_finish(tmp_path):
     assert sum(wrote) == 4  # every volume sampled once
     assert sorted(p.name for p in out.glob("sample_*.nii.gz")) == [f"sample_00000{s}.nii.gz" for s in range(4)]
     assert not list(out.glob(".*.lock"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rows 1, 2, 12 and kill -9: a resumed run is the run it claims to be, and continues it exactly
+# ----------------------------------------------------------------------------------------------------------
+
+
+def in_child(work, kill_after: float | None = None) -> int:
+    """Run ``work()`` in a forked process (one thread, as a fresh process would), optionally SIGKILLed after
+    ``kill_after`` seconds; returns its exit code (-9 when the kill landed)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child never returns
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            work()
+            code = 0
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    if kill_after is not None:
+        deadline = time.monotonic() + kill_after
+        while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+            time.sleep(0.01)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # already finished and reaped
+            return 0
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def train_config(data: Path, results: Path, **training):
+    return config_from_dict({
+        "data": {"dataset": "folder", "root": str(data), "image_size": 16},
+        "model": {"name": "PRDiT-T/6/0", "stride": 4},
+        "training": {"global_batch_size": 2, "lr": 3e-3, "ema_decay": 0.9, "total_steps": 6, "seed": 3, **training},
+        "output": {"results_dir": str(results), "keep_last": 2},
+        "logging": {"log_every": 1, "ckpt_every": 2, "eval_every": 3, "num_preview_samples": 0, "tensorboard": False},
+    }, "fault test")
+
+
+def assert_bit_identical(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+    for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+
+
+def losses(run: Path) -> list[tuple[int, float]]:
+    return [(r["step"], r["loss"]) for r in read_log(run / "log.jsonl") if "loss" in r]
+
+
+def test_resume_never_extends_an_older_finished_run(tmp_path, capsys):
+    config = train_config(blob_folder(tmp_path / "data"), tmp_path / "results", total_steps=2)
+    finished = train(config, TrainOptions(progress=False))
+    kept = folder_bytes(finished / "checkpoints")
+    killed = new_run_dir(config)  # a new run killed before its first checkpoint
+    save_config(config, killed / "config.yaml")
+    capsys.readouterr()
+    assert train(config, TrainOptions(resume=True, progress=False)) == killed
+    assert f"{killed} stopped before its first checkpoint: training it again from step 0" in capsys.readouterr().out
+    assert folder_bytes(finished / "checkpoints") == kept
+    assert_bit_identical(load_checkpoint(killed), load_checkpoint(finished))  # the same config, trained from scratch
+
+
+def test_resume_refuses_settings_that_break_an_exact_continuation(tmp_path, capsys):
+    config = tiny_config(tmp_path / "tiny.yaml", blob_folder(tmp_path / "data"), tmp_path / "results")
+    command = ["train", "--config", config, "--no-progress"]
+    assert cli([*command, "training.total_steps=4"], capsys)[0] == 0
+    run = tmp_path / "results" / "001-PRDiT-T-6-0"
+    before = folder_bytes(run) | folder_bytes(run / "checkpoints")
+    status, _, err = cli([*command, "--resume_training", "training.total_steps=8", "training.lr=5e-4"], capsys)
+    assert_one_line_error(status, err, f"{run} was trained with other settings (training.lr 0.0001 -> 0.0005)",
+                          "--allow-config-change")
+    assert folder_bytes(run) | folder_bytes(run / "checkpoints") == before
+    status, printed, _ = cli([*command, "--resume_training", "training.total_steps=8", "training.lr=5e-4", "--allow-config-change"], capsys)
+    assert status == 0 and "resuming at step 4 with training.lr 0.0001 -> 0.0005" in printed
+    logged = [r["config_changes"] for r in read_log(run / "log.jsonl") if "config_changes" in r]
+    assert logged == [{"training.lr": [0.0001, 0.0005], "training.total_steps": [4, 8]}]
+    assert "lr: 0.0005" in (run / "config.yaml").read_text()
+
+
+def test_a_checkpoint_write_killed_midway_leaves_no_temporary_file_after_the_resume(tmp_path, capsys):
+    config = train_config(blob_folder(tmp_path / "data"), tmp_path / "results", total_steps=4)
+    real_save = torch.save
+
+    def killed_while_writing_step_4(state, handle):
+        if state["step"] != 4:
+            return real_save(state, handle)
+        buffer = io.BytesIO()
+        real_save(state, buffer)
+        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def work():
+        prdit.checkpoint.torch.save = killed_while_writing_step_4  # in the child only
+        train(config, TrainOptions(progress=False))
+
+    assert in_child(work) == -signal.SIGKILL
+    checkpoints = tmp_path / "results" / "001-PRDiT-T-6-0" / "checkpoints"
+    stale = [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
+    assert len(stale) == 1 and stale[0].stat().st_size > 100_000  # half a checkpoint, left by the kill
+    assert (checkpoints / "latest").read_text().strip() == "step-0000002.pt"
+    capsys.readouterr()
+    train(config, TrainOptions(resume=True, progress=False))
+    assert f"removed 1 unfinished temporary file(s) of an interrupted write: {stale[0].name}" in capsys.readouterr().out
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".tmp-")]
+    assert load_checkpoint(checkpoints.parent)["step"] == 4
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[Path, Path, float]:
+    """The data, an uninterrupted run on it (in a child process, as the killed runs) and how long it took."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    data = blob_folder(folder / "data")
+    began = time.monotonic()
+    assert in_child(lambda: train(train_config(data, folder / "results"), TrainOptions(progress=False))) == 0
+    return data, folder / "results" / "001-PRDiT-T-6-0", time.monotonic() - began
+
+
+def kill_and_resume(seed: int, uninterrupted: tuple[Path, Path, float], tmp_path: Path, kills: int) -> None:
+    """Train to the end while SIGKILLing the process at ``kills`` random moments (before, between and during
+    checkpoint writes); after each kill the newest checkpoint must be intact and the next start resumes from it.
+    The result must equal an uninterrupted run bit for bit: weights, EMA, optimiser, RNG and every logged loss."""
+    data, straight, duration = uninterrupted
+    rng = np.random.default_rng(seed)
+    results = tmp_path / f"killed-{seed}"
+    config = train_config(data, results)
+    run = results / "001-PRDiT-T-6-0"
+    landed = 0
+    for attempt in range(kills):
+        resume = run.exists()
+        delay = rng.uniform(0, duration * (0.5 if attempt == 0 else 1.0))  # the first kill lands even on a faster run
+        code = in_child(lambda: train(config, TrainOptions(resume=resume, progress=False)), kill_after=delay)
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL
+        landed += 1
+        if (run / "checkpoints" / "latest").exists():
+            assert load_checkpoint(run)["step"] % 2 == 0  # the newest checkpoint is whole
+    assert in_child(lambda: train(config, TrainOptions(resume=run.exists(), progress=False))) == 0
+    assert landed > 0
+    assert_bit_identical(load_checkpoint(run), load_checkpoint(straight))
+    assert losses(run) == losses(straight)
+    assert not [p for p in run.rglob(".tmp-*")]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sigkill_at_random_moments_then_resume_ends_bit_identical(seed, uninterrupted, tmp_path):
+    kill_and_resume(seed, uninterrupted, tmp_path, kills=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 120))
+def test_sigkill_at_random_moments_then_resume_ends_bit_identical_20_seeds(seed, uninterrupted, tmp_path):
+    kill_and_resume(seed, uninterrupted, tmp_path, kills=4)
+
+
+def test_every_row_of_the_readme_guarantees_names_a_test_that_exists():
+    import ast
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Guarantees under faults", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Fault")]
+    defined = {node.name for module in ("test_faults.py", "test_fuzz.py")
+               for node in ast.walk(ast.parse((ROOT / "tests" / module).read_text())) if isinstance(node, ast.FunctionDef)}
+    assert len(rows) >= 13
+    for row in rows:
+        named = re.findall(r"`(test_\w+)`", row.rsplit("|", 2)[-2])
+        assert named and set(named) <= defined, row

@@ -26,7 +26,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="random initialisation for every part (ignore model.pretrained_path, freeze nothing)")
     parser.add_argument("--init-from", "--init_from", dest="init_from", default=None,
                         help="checkpoint or run folder to initialise from (e.g. a 128^3 run for a 256^3 model)")
-    parser.add_argument("--run-dir", dest="run_dir", default=None, help="run folder to resume (default: the latest of this model)")
+    parser.add_argument("--allow-config-change", dest="allow_config_change", action="store_true",
+                        help="resume with settings that break an exact continuation (e.g. another training.lr); "
+                             "each change is printed and logged in the run's log.jsonl")
+    parser.add_argument("--run-dir", dest="run_dir", default=None, help="run folder to resume (default: the newest run of this config)")
     parser.add_argument("--stages", choices=["both"], default=None,
                         help="both: run the stage-1 config, then the stage-2 config initialised from its checkpoint")
     parser.add_argument("--stage2-config", dest="stage2_config", default=None,
@@ -42,7 +45,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
     configure_cpu_threads()
     options = TrainOptions(resume=args.resume, debug=args.debug, from_scratch=args.from_scratch, init_from=args.init_from,
-                           run_dir=args.run_dir, progress=args.progress)
+                           run_dir=args.run_dir, progress=args.progress, allow_config_change=args.allow_config_change)
     config = load_config(args.config, args.overrides)
     if args.stages != "both":
         print(f"run folder: {train(config, options)}")

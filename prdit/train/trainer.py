@@ -19,13 +19,13 @@ from tqdm.auto import tqdm
 
 from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, LoadReport, load_checkpoint, load_pretrained, write_checkpoint
-from prdit.config import Config, TrainingConfig, config_from_dict, save_config
+from prdit.config import Config, TrainingConfig, config_differences, config_from_dict, save_config
 from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_data
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import ConfigError, PrditError
-from prdit.io import ensure_writable
+from prdit.io import ensure_writable, remove_temp_files
 from prdit.models import create_model
-from prdit.runs import latest_run_dir, new_run_dir
+from prdit.runs import has_checkpoint, new_run_dir, resume_run_dir
 from prdit.runtime import autocast_for, enable_tf32
 from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator
 from prdit.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, setup_distributed
@@ -43,6 +43,25 @@ class TrainOptions:
     init_from: str | None = None
     run_dir: str | None = None
     progress: bool = True
+    allow_config_change: bool = False
+
+
+# Settings a resumed run may change and still continue exactly (everything else needs --allow-config-change).
+RESUME_SAFE_KEYS = ("training.total_steps", "data.num_workers", "logging.", "output.")
+
+
+def check_resume_config(saved: dict, config: Config, run_dir: Path, allow: bool) -> dict[str, tuple]:
+    """The settings changed since the run's checkpoint; refuses those that break an exact resume unless ``allow``."""
+    changes = config_differences(saved, config.to_dict())
+    breaking = [key for key in changes if not key.startswith(RESUME_SAFE_KEYS)]
+    if breaking and not allow:
+        shown = ", ".join(f"{key} {changes[key][0]!r} -> {changes[key][1]!r}" for key in breaking[:4])
+        more = f" and {len(breaking) - 4} more" if len(breaking) > 4 else ""
+        raise ConfigError(
+            f"--resume_training: {run_dir} was trained with other settings ({shown}{more}); an exact resume needs "
+            "the same ones: drop those overrides, or pass --allow-config-change to continue with them (logged in the run)"
+        )
+    return changes
 
 
 def debug_config(config: Config) -> Config:
@@ -215,9 +234,17 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     model = build_model(config, diffusion.model_out_channels).to(info.device)
 
     start_step, best_val, report, running_loss, skipped = 0, math.inf, None, None, 0
+    run_dir, state, changes = None, None, {}
     if options.resume:
-        run_dir = Path(options.run_dir) if options.run_dir else latest_run_dir(config)
-        state = load_checkpoint(run_dir / "checkpoints", map_location=info.device)
+        run_dir = Path(options.run_dir) if options.run_dir else resume_run_dir(config)
+        if info.is_main and (stale := remove_temp_files(run_dir, run_dir / "checkpoints", run_dir / "previews")):
+            print(f"[prdit] removed {len(stale)} unfinished temporary file(s) of an interrupted write: {', '.join(p.name for p in stale)}")
+        if has_checkpoint(run_dir):
+            state = load_checkpoint(run_dir / "checkpoints", map_location=info.device)
+            changes = check_resume_config(state.get("config") or {}, config, run_dir, options.allow_config_change)
+        elif info.is_main:
+            print(f"[prdit] {run_dir} stopped before its first checkpoint: training it again from step 0")
+    if state is not None:
         model.load_state_dict(state["model"])
         resumed = CheckpointMeta.from_dict(state.get("meta"), run_dir / "checkpoints")
         if resumed.local_frozen:
@@ -229,19 +256,22 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
         optimizer.load_state_dict(state["optimizer"])
         start_step, best_val = state["step"], state["best_val"]
         running_loss, skipped = state.get("running_loss"), state.get("skipped", 0)
-        ranks = state["rng"]
-        set_rng_state(ranks[info.rank] if info.rank < len(ranks) else ranks[0])
     else:
         report = initialise_from_pretrained(model, config, options)
         fine_tuned = report.loaded if report else []
         ema = create_ema(model)
         optimizer = build_optimizer(model, config, fine_tuned)
-        run_dir = Path(all_gather_objects(str(new_run_dir(config)) if info.is_main else None, info)[0])
+        if run_dir is None:
+            run_dir = Path(all_gather_objects(str(new_run_dir(config)) if info.is_main else None, info)[0])
     if info.is_main:
         save_config(config, run_dir / "config.yaml")
         if report:
             print(f"[prdit] initialised from {options.init_from or config.model.pretrained_path}: {report.summary()}")
+        for key, (old, new) in changes.items():
+            print(f"[prdit] resuming at step {start_step} with {key} {old!r} -> {new!r}")
     logger = RunLogger(run_dir, info.is_main, config.logging.tensorboard, resume_step=start_step if options.resume else None)
+    if changes:
+        logger.log({"step": start_step, "config_changes": {key: list(values) for key, values in changes.items()}})
 
     network = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
     if tcfg.compile:
@@ -255,7 +285,11 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     )
     eval_set = val_set or train_set
     eval_volumes = torch.stack([eval_set[i] for i in range(min(4, len(eval_set)))]).to(info.device)
-    return Run(config, info, run_dir, diffusion, model, network, ema, optimizer, train_set, sampler, iter(loader),
+    batches = iter(loader)  # draws its base seed from torch's RNG, as it did when the run started
+    if state is not None:  # so the RNG states are restored after it: they continue exactly where they were saved
+        ranks = state["rng"]
+        set_rng_state(ranks[info.rank] if info.rank < len(ranks) else ranks[0])
+    return Run(config, info, run_dir, diffusion, model, network, ema, optimizer, train_set, sampler, batches,
                autocast_for(tcfg.precision, info.device), logger, eval_volumes, fine_tuned,
                [p for p in model.parameters() if p.requires_grad], start_step, best_val, running_loss, skipped)
 

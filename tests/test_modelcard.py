@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+from safetensors import safe_open
 
 from prdit.cli import main
 from prdit.config import load_config
@@ -27,7 +28,9 @@ def test_card_of_the_shipped_model_states_what_it_is_and_is_not(tmp_path):
     assert front["license"] == "apache-2.0" and {"medical-imaging", "ct", "diffusion", "3d"} <= set(front["tags"])
     assert sha256_file(SHIPPED_WEIGHTS) in card and "PRDiT-T/6/2" in card
     assert "32³ voxels at 11.25 × 11.25 × 11.25 mm" in card and "HU clipped to [-1000, 1000]" in card
-    assert "procedural chest-CT phantoms" in card and "2000 steps" in card
+    with safe_open(SHIPPED_WEIGHTS, "pt") as weights:
+        trained_steps = weights.metadata()["step"]
+    assert "procedural chest-CT phantoms" in card and f"**Training**: {trained_steps} steps" in card
     assert "| HU histogram distance (Wasserstein-1) (HU) | ↓ | 39.9 | 4.00 |" in card
     assert "Not for diagnosis" in card and "synthetic phantoms" in card
     assert "8 generated vs 20 real volumes" in card

@@ -121,3 +121,15 @@ def test_volume_report_shows_named_rows_of_any_size(tiny_run, tmp_path):
     assert page.count('class="viewer generated"') == 2 and page.count('class="viewer real"') == 1
     payload = json.loads(re.search(r'<script type="application/json" id="prdit-volumes">(.*?)</script>', page).group(1))
     assert [v["shape"] for v in payload["volumes"]] == [[16, 16, 16], [32, 32, 32], [32, 32, 32]]
+
+
+def test_real_volumes_of_another_size_are_shown_without_metrics(tiny_run, tmp_path):
+    from prdit.data.phantom import generate_phantom
+    from prdit.io import save_nifti
+
+    for seed in range(2):
+        volume, spacing = generate_phantom(48, seed=seed)
+        save_nifti(tmp_path / "real48" / f"p{seed}.nii.gz", volume, spacing, dtype=np.int16)
+    page = write_report(tiny_run["samples"], tmp_path / "r.html", real=tmp_path / "real48").read_text()
+    assert page.count('class="viewer ') == 2 and "No metrics: " in page and "(48, 48, 48)" in page
+    assert '<table class="metrics">' not in page

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from prdit.data.sources import find_volumes
+from prdit.errors import DataError
 from prdit.io import atomic_write_text, load_volume
 from prdit.report.content import SAMPLE_GLOB, ReportContent, VolumeSet, collect, report_volume
 
@@ -53,11 +54,15 @@ def write_report(
         spacing = tuple(load_volume(real_files[0]).spacing)
         with warnings.catch_warnings():  # small-N warnings are shown in the report, beside the numbers
             warnings.simplefilter("ignore", UserWarning)
-            for volume_set in content.sets:
-                if volume_set.kind == "generated":
-                    fake = sorted(Path(volume_set.source).glob(SAMPLE_GLOB))
-                    content.metrics[volume_set.key] = evaluate_sets(real_files, fake, spacing=spacing)
-            content.floor = evaluate_floor(real_files, spacing=spacing)
+            try:
+                for volume_set in content.sets:
+                    if volume_set.kind == "generated":
+                        fake = sorted(Path(volume_set.source).glob(SAMPLE_GLOB))
+                        content.metrics[volume_set.key] = evaluate_sets(real_files, fake, spacing=spacing)
+                content.floor = evaluate_floor(real_files, spacing=spacing)
+            except DataError as error:  # e.g. real and generated sizes differ: still show the volumes
+                content.metrics, content.floor = {}, None
+                content.notes.append(f"No metrics: {error}. Compare sets of one size with `prdit evaluate`.")
     return write_html(content, out, overwrite=overwrite)
 
 

@@ -88,8 +88,10 @@ left; coronal and sagittal: superior at the top.</p>{note}
 
 def metrics_section(content: ReportContent) -> str:
     if not content.metrics:
-        return ('<section id="metrics"><h2>Metrics</h2><p class="muted">No metrics in this report: pass '
-                "<code>--real DIR</code> (held-out real volumes) to compare the samples with data.</p></section>")
+        why = next((escape(n) for n in content.notes if n.startswith("No metrics")),
+                   "No metrics in this report: pass <code>--real DIR</code> (held-out real volumes) to compare the samples with data.")
+        return f'<section id="metrics"><h2>Metrics</h2><p class="muted">{why}</p></section>'
+
     sets = list(content.metrics)
     rows = {name: {row.info.key: row for row in metric_rows(result, content.floor)} for name, result in content.metrics.items()}
     keys = [key for key in METRICS if any(key in r for r in rows.values())]
@@ -170,7 +172,7 @@ def render(content: ReportContent) -> str:
     links = [(anchor, label) for anchor, label in (("volumes", "Volumes"), ("metrics", "Metrics"), ("model", "Model"),
                                                    ("training", "Training")) if any(f'id="{anchor}"' in s for s in sections)]
     nav = "".join(f'<a href="#{a}">{label}</a>' for a, label in links)
-    notes = "".join(f"<p>{escape(n)}</p>" for n in content.notes)
+    notes = "".join(f"<p>{escape(n)}</p>" for n in content.notes if not n.startswith("No metrics"))
     made = time.strftime("%Y-%m-%d %H:%M", time.localtime())
     script = f"<script>{_static('viewer.js')}</script>" if 'id="volumes"' in sections[0] else ""
     return f"""<!DOCTYPE html>

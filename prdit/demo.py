@@ -42,19 +42,39 @@ REPRODUCE = (
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """How long each part runs; the defaults fit about 10-15 minutes on 2 CPU cores, ``quick`` under 3."""
+    """How long each part runs, and what that takes on 2 idle CPU cores."""
 
     stage1_steps: int
     stage2_steps: int
     num_volumes: int
     num_demo_volumes: int
     phantoms: int
+    promised_minutes: float  # the README's promise on 2 idle cores
+    other_seconds: float  # phantoms, sampling and metrics on 2 idle cores (stage 2 at REFERENCE_STAGE2_RATE)
 
 
 PLANS = {
-    "default": DemoPlan(stage1_steps=2000, stage2_steps=1500, num_volumes=8, num_demo_volumes=4, phantoms=200),
-    "quick": DemoPlan(stage1_steps=40, stage2_steps=30, num_volumes=2, num_demo_volumes=2, phantoms=24),
+    "default": DemoPlan(stage1_steps=2000, stage2_steps=1500, num_volumes=8, num_demo_volumes=4, phantoms=200,
+                        promised_minutes=15, other_seconds=25),
+    "quick": DemoPlan(stage1_steps=40, stage2_steps=30, num_volumes=2, num_demo_volumes=2, phantoms=24,
+                      promised_minutes=3, other_seconds=5),
 }
+# Stage-2 steps/s on 2 idle cores; the parts other than training slow down with the machine as stage 2 does.
+REFERENCE_STAGE2_RATE = 3.6
+# Checkpoints, validation and previews during training, on top of the timed steps.
+TRAINING_OVERHEAD = 1.05
+
+
+def estimate_seconds(plan: DemoPlan, stage1_steps: int, stage2_steps: int, stage1_rate: float, stage2_rate: float) -> float:
+    """The demo's run time from measured training steps/s."""
+    training = stage1_steps / stage1_rate + stage2_steps / stage2_rate
+    return TRAINING_OVERHEAD * training + plan.other_seconds * REFERENCE_STAGE2_RATE / stage2_rate
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(10, round(seconds / 10) * 10):.0f} s"
+    return f"{round(seconds / 60):.0f} min"
 
 
 def demo_configs(out_dir: Path, plan: DemoPlan | None, device: str) -> tuple[Config, Config]:
@@ -65,6 +85,49 @@ def demo_configs(out_dir: Path, plan: DemoPlan | None, device: str) -> tuple[Con
     stage1 = load_config(CONFIG_DIR / "local.yaml", common + ([f"training.total_steps={plan.stage1_steps}"] if plan else []))
     stage2 = load_config(CONFIG_DIR / "global.yaml", common + ([f"training.total_steps={plan.stage2_steps}"] if plan else []))
     return stage1, stage2
+
+
+def time_training_steps(config: Config, seconds: float, device: str = "cpu", min_steps: int = 3, warmup: int = 2) -> float:
+    """Training steps per second of ``config``'s model (forward, backward, clipping, AdamW, EMA) on random volumes
+    of its batch and size, timed for about ``seconds`` after ``warmup`` steps: the calibration behind the demo's
+    time estimate. A stage-2 model is timed with its local denoiser frozen, as in training."""
+    import torch
+
+    from prdit.diffusion import create_diffusion
+    from prdit.train.ema import create_ema, update_ema
+    from prdit.runtime import autocast_for
+    from prdit.train.trainer import build_model, build_optimizer
+
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        diffusion = create_diffusion(config.diffusion)
+        model = build_model(config, diffusion.model_out_channels).to(device)
+        if model.depth > 0:
+            model.freeze_local_denoiser()
+        ema, optimizer = create_ema(model), build_optimizer(model, config, [])
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        size = config.data.image_size
+        x0 = torch.rand(config.training.global_batch_size, config.model.in_channels, size, size, size, device=device) * 2 - 1
+
+        def finished() -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return time.perf_counter()
+
+        began, step = 0.0, 0
+        while step < warmup + min_steps or finished() - began < seconds:
+            if step == warmup:
+                began = finished()
+            with autocast_for(config.training.precision, device):
+                loss = diffusion.training_loss(model, x0)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            update_ema(ema, model, 0.999)
+            step += 1
+    return (step - warmup) / (finished() - began)
 
 
 def run_demo(
@@ -85,6 +148,14 @@ def run_demo(
     plan = PLANS["quick" if quick else "default"]
     stage1_config, stage2_config = demo_configs(out_dir, None if train_full else plan, device)
     timings: dict[str, float] = {}
+    started = time.perf_counter()
+    steps = (stage1_config.training.total_steps, stage2_config.training.total_steps)
+    print(f"[demo] plan ({'quick' if quick else 'train-full' if train_full else 'default'}): "
+          f"{stage1_config.data.phantom.num} phantoms of {stage1_config.data.image_size}^3 -> stage 1 "
+          f"({stage1_config.model.name}) {steps[0]} steps -> stage 2 ({stage2_config.model.name}) {steps[1]} steps -> "
+          f"{'' if train_full else f'{plan.num_volumes} volumes from the shipped model and '}{plan.num_demo_volumes if not train_full else plan.num_volumes} "
+          f"from this run -> metrics -> {out_dir}", flush=True)
+    estimate = timed_estimate(plan, steps, stage1_config, stage2_config, device)
 
     def timed(name: str, func, *args, **kwargs):
         began = time.perf_counter()
@@ -129,8 +200,31 @@ def run_demo(
     index = write_index(out_dir, metrics, floor, timings, stage1_run, stage2_run, train_full)
     report = write_report(out_dir, out_dir / "report.html", real=list(val_paths), overwrite=True)
     print(f"[demo] wrote {index} (pictures and numbers, for terminals and git hosts)")
-    print(f"[demo] done: open {report} in a browser (3D slice viewer, metrics, training curves)")
+    total = time.perf_counter() - started
+    print(f"[demo] done in {format_duration(total)} (estimated {format_duration(estimate)}): open {report} in a browser "
+          "(3D slice viewer, metrics, training curves)")
     return index
+
+
+def timed_estimate(plan: DemoPlan, steps: tuple[int, int], stage1_config: Config, stage2_config: Config, device: str) -> float:
+    """Time a few training steps of each stage, print the estimate of the whole run and return it in seconds."""
+    import torch
+
+    from prdit.runtime import resolve_device
+
+    device = str(resolve_device(device))
+    print("[demo] timing a few training steps of each stage to estimate the run time ...", flush=True)
+    rates = [time_training_steps(config, seconds=1.5, device=device) for config in (stage1_config, stage2_config)]
+    estimate = estimate_seconds(plan, *steps, *rates)
+    promise = f"{plan.promised_minutes:g} min"
+    print(f"[demo] estimate: about {format_duration(estimate)} on this machine (stage 1 {rates[0]:.1f} steps/s, stage 2 "
+          f"{rates[1]:.1f} steps/s with {torch.get_num_threads()} torch thread(s); 2 idle cores: at most {promise})", flush=True)
+    if estimate > 60 * plan.promised_minutes and plan is PLANS["default"]:
+        quick = PLANS["quick"]
+        quick_estimate = estimate_seconds(quick, quick.stage1_steps, quick.stage2_steps, *rates)
+        print(f"[demo] this machine is busier or slower than 2 idle cores; `prdit demo --quick` would take about "
+              f"{format_duration(quick_estimate)}", flush=True)
+    return estimate
 
 
 def _jsonable(value):

@@ -1,7 +1,9 @@
-"""Where and how tensors are computed: the device, mixed precision and TF32, decided in one place."""
+"""Where and how tensors are computed: the device, mixed precision, TF32 and CPU threads, decided in one place."""
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from contextlib import AbstractContextManager, nullcontext
 
@@ -49,3 +51,54 @@ def enable_tf32(device: torch.device | str, enabled: bool = True) -> None:
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CPU threads
+# ----------------------------------------------------------------------------------------------------------
+# torch's OpenMP threads meet at a barrier after every parallel operation. OpenMP's default is to spin while
+# waiting there; on a busy machine the spinning burns the cores that a late thread needs. With the default policy
+# 2 threads trained the demo's stage 1 at 0.13 steps/s against 0.73 with 1 thread (a 2-core machine at load
+# average 25, benchmarks/bench_threads.py; issue 19 saw 0.45 against 2.70 at load 4). With
+# OMP_WAIT_POLICY=PASSIVE waiting threads sleep, and 2 threads gave 1.50 steps/s against 0.83 with 1 (stage 2:
+# 0.47 against 0.25). So `prdit/__init__.py` sets PASSIVE before torch is imported, and then every usable core
+# gets a thread whatever the load; only where OpenMP spins (torch was imported first, or OMP_WAIT_POLICY says so)
+# does the load average cut the thread count.
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, e.g. under taskset or a cpuset container)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def openmp_waits_passively() -> bool:
+    """Whether OpenMP threads sleep while they wait (prdit sets this before torch loads OpenMP, see above)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+
+
+def choose_cpu_threads(usable: int, machine_cpus: int, load_average: float, passive: bool) -> int:
+    """Torch threads for a process that may use ``usable`` of the machine's ``machine_cpus`` cores while other
+    processes keep ``load_average`` of them busy: every usable core when waiting threads sleep (``passive``),
+    else the usable cores' idle share, rounded, at least 1."""
+    if passive:
+        return usable
+    idle_fraction = max(0.0, 1.0 - load_average / max(machine_cpus, 1))
+    return max(1, min(usable, math.floor(usable * idle_fraction + 0.5)))
+
+
+def configure_cpu_threads() -> str:
+    """Set torch's CPU threads from the usable cores, the wait policy and the load average, unless
+    ``OMP_NUM_THREADS`` says how many; returns a one-line description for the user."""
+    usable, passive = usable_cpus(), openmp_waits_passively()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if os.environ.get("OMP_NUM_THREADS"):
+        how = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    else:
+        torch.set_num_threads(choose_cpu_threads(usable, os.cpu_count() or usable, load, passive))
+        how = "OMP_NUM_THREADS=N to choose"
+    waiting = "waiting threads sleep" if passive else f"waiting threads spin: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    return (f"{torch.get_num_threads()} torch thread(s) on {usable} usable core(s), load average {load:.1f}, "
+            f"{waiting} ({how})")

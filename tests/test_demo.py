@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from prdit.demo import SHIPPED_WEIGHTS, run_demo
+from prdit.demo import PLANS, SHIPPED_WEIGHTS, demo_configs, estimate_seconds, format_duration, run_demo, time_training_steps
 from prdit.errors import PrditError
 from prdit.io import load_volume
 
@@ -28,10 +28,15 @@ def check_demo_folder(out, expect_shipped: bool) -> dict:
     return metrics
 
 
-def test_quick_demo_end_to_end(tmp_path, monkeypatch):
+def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run_demo(tmp_path / "demo", quick=True, progress=False)
+    index = run_demo(tmp_path / "demo", quick=True, progress=False)
     check_demo_folder(tmp_path / "demo", expect_shipped=SHIPPED_WEIGHTS.is_file())
+    lines = capsys.readouterr().out.splitlines()
+    # the plan and the estimate come first, the report to open last
+    assert lines[0].startswith("[demo] plan (quick)") and "40 steps" in lines[0] and "30 steps" in lines[0]
+    assert any(line.startswith("[demo] estimate: about ") for line in lines[:3])
+    assert lines[-1].startswith("[demo] done in ") and f"open {tmp_path / 'demo' / 'report.html'} in a browser" in lines[-1]
     with pytest.raises(PrditError, match="already holds a demo"):
         run_demo(tmp_path / "demo", quick=True, progress=False)
 
@@ -44,3 +49,18 @@ def test_full_demo_samples_look_like_the_data(tmp_path, monkeypatch):
     metrics = check_demo_folder(tmp_path / "demo", expect_shipped=True)
     offline = metrics["samples"]["offline"]
     assert offline["hu_histogram"]["wasserstein_hu"] < 100
+
+
+def test_estimate_adds_up_the_plan():
+    plan = PLANS["default"]
+    at_reference = estimate_seconds(plan, 2000, 1500, 11.0, 3.6)
+    assert 9 * 60 < at_reference < 12 * 60  # the README's idle 2-core run: 10 min 19 s
+    assert estimate_seconds(plan, 2000, 1500, 5.5, 1.8) == pytest.approx(2 * at_reference)  # half the speed, twice the time
+    assert estimate_seconds(plan, 4000, 1500, 11.0, 3.6) == pytest.approx(at_reference + 1.05 * 2000 / 11.0)
+    assert format_duration(619) == "10 min" and format_duration(44) == "40 s" and format_duration(3) == "10 s"
+
+
+def test_calibration_sees_the_bigger_model(tmp_path, one_thread):
+    """Stage 2 (2 global DiT blocks on the frozen local denoiser) trains slower than stage 1, as in the real runs."""
+    stage1, stage2 = demo_configs(tmp_path, PLANS["quick"], "cpu")
+    assert time_training_steps(stage1, seconds=0.3) > 1.3 * time_training_steps(stage2, seconds=0.3)

@@ -67,8 +67,11 @@ def _pick(args: argparse.Namespace, name: str, alias: str, default: int) -> int:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
+    from prdit.runtime import configure_cpu_threads
     from prdit.sample import load_pipeline, sample_to_folder, write_grid
     from prdit.train.distributed import barrier, setup_distributed, teardown_distributed
+
+    configure_cpu_threads()
 
     if args.ckpt is None:
         if args.config is None:

@@ -59,7 +59,9 @@ def _training_lines(config: dict, meta: CheckpointMeta, step: int | None) -> lis
     if training:
         lines.append(f"- **Training**: {step if step is not None else training.get('total_steps')} steps, global batch "
                      f"{training.get('global_batch_size')}, lr {training.get('lr')}, EMA decay {training.get('ema_decay')}, "
-                     f"seed {training.get('seed')}.")
+                     f"seed {training.get('seed')}"
+                     + (f", starting from `{config['model']['pretrained_path']}`" if config.get("model", {}).get("pretrained_path") else "")
+                     + ".")
     elif step is not None:
         lines.append(f"- **Training**: {step} steps (the exported file carries no training config).")
     stage = "stage 2: global residual DiT on a frozen local denoiser" if meta.depth else "stage 1: local denoiser only"

@@ -261,11 +261,6 @@ def build(side: str, case: str, size: int, batch: int, device: str, precision: s
     return model, step, call
 
 
-def _vm(field: str) -> int:
-    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
-    return int(line.split()[1]) * 1024
-
-
 def memory_probe(side: str, case: str, size: int, batch: int, device: str, precision: str, adamw: str,
                  steps: int, onednn: bool = True, compile: bool = False, grad_checkpoint: bool = False) -> dict:
     """Run inside a fresh process: peak memory of ``steps`` training steps."""
@@ -282,10 +277,10 @@ def memory_probe(side: str, case: str, size: int, batch: int, device: str, preci
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         return {"peak_bytes": peak, "step_bytes": peak - built}
-    built = _vm("VmRSS")
+    built = common.proc_status_bytes("VmRSS")
     for _ in range(steps):
         step()
-    return {"peak_bytes": _vm("VmHWM"), "step_bytes": _vm("VmHWM") - built}
+    return {"peak_bytes": common.proc_status_bytes("VmHWM"), "step_bytes": common.proc_status_bytes("VmHWM") - built}
 
 
 def memory_in_fresh_process(*args) -> dict:

@@ -128,7 +128,7 @@ def main() -> None:
 
     peak_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {d: common.matmul_peak_flops(args.device, peak_dtypes[d]) for d in args.dtypes}
-    print(f"matmul peak: " + ", ".join(f"{d} {p / 1e12:.3f} TFLOP/s" for d, p in peaks.items()), flush=True)
+    print("matmul peak: " + ", ".join(f"{d} {p / 1e12:.3f} TFLOP/s" for d, p in peaks.items()), flush=True)
     results = []
     for size in args.sizes:
         for dtype in args.dtypes:

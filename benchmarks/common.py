@@ -285,18 +285,7 @@ def step_flops(bench: Bench) -> int:
     return int(counter.get_total_flops())
 
 
-def cuda_peak_memory(bench: Bench, steps: int = 2) -> int:
-    """Peak CUDA allocator bytes over training steps (weights, grads, optimizer state and activations)."""
-    bench.step()  # optimizer state exists from here on, as in a long run
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(steps):
-        bench.step()
-    torch.cuda.synchronize()
-    return int(torch.cuda.max_memory_allocated())
-
-
-def _proc_status_bytes(field: str) -> int:
+def proc_status_bytes(field: str) -> int:
     line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith(field))
     return int(line.split()[1]) * 1024  # reported in kB
 
@@ -309,10 +298,10 @@ def rss_step_growth(bench: Bench, steps: int = 1) -> int:
     """
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")
-    before = _proc_status_bytes("VmRSS")
+    before = proc_status_bytes("VmRSS")
     for _ in range(steps):
         bench.step()
-    return _proc_status_bytes("VmHWM") - before
+    return proc_status_bytes("VmHWM") - before
 
 
 def cpu_step_memory(kind: str, preset_name: str, input_size: int, batch: int, grad_checkpoint: bool,

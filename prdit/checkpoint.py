@@ -19,6 +19,7 @@ import torch
 
 from prdit.errors import CheckpointError
 from prdit.io import atomic_write, sha256_file
+from prdit.models import PRDiT
 from prdit.models.official import from_official_checkpoint, is_official_checkpoint
 from prdit.runs import point_latest, resolve_checkpoint
 
@@ -138,7 +139,7 @@ class LoadReport:
         return ", ".join(parts)
 
 
-def load_pretrained(model: torch.nn.Module, path: str | os.PathLike, weights: str = "ema") -> LoadReport:
+def load_pretrained(model: PRDiT, path: str | os.PathLike, weights: str = "ema") -> LoadReport:
     """Copy the matching tensors of a checkpoint into ``model``; everything else keeps its fresh initialisation.
 
     ``path`` may also be an exported ``.safetensors`` model (e.g. a shipped one, to continue its training).

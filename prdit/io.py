@@ -12,14 +12,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import itertools
 import io as _io
+import itertools
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, Sequence, cast
 
 import numpy as np
 
@@ -154,7 +154,7 @@ def centered_origin(shape: tuple[int, int, int], spacing: tuple[float, float, fl
     return (-(w - 1) * sx / 2, -(h - 1) * sy / 2, -(d - 1) * sz / 2)
 
 
-def nifti_affine(spacing: tuple[float, float, float], origin_lps: tuple[float, float, float]) -> np.ndarray:
+def nifti_affine(spacing: Sequence[float], origin_lps: Sequence[float]) -> np.ndarray:
     """RAS+ affine of a NIfTI whose data array is our ``[z, y, x]`` LPS volume transposed to ``(x, y, z)``."""
     sz, sy, sx = spacing
     ox, oy, oz = origin_lps
@@ -184,7 +184,7 @@ def save_nifti(
     volume: np.ndarray,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     affine: np.ndarray | None = None,
-    origin: tuple[float, float, float] | None = None,
+    origin: Sequence[float] | None = None,
     dtype: np.dtype | type | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -227,7 +227,6 @@ def save_nifti(
 
 def _to_lps_zyx(image) -> tuple[np.ndarray, np.ndarray]:
     """Reorient a nibabel image to LPS and return (array [z, y, x], affine of the LPS (x, y, z) array)."""
-    import nibabel as nib
     from nibabel import orientations
 
     current = orientations.io_orientation(image.affine)
@@ -287,11 +286,11 @@ def load_volume(path: str | os.PathLike, npz_key: str | None = None) -> Volume:
     try:
         if suffix in (".nii", ".nii.gz"):
             import nibabel as nib
-
             from nibabel.imageglobals import LoggingOutputSuppressor
+            from nibabel.spatialimages import SpatialImage
 
             with LoggingOutputSuppressor():  # header repairs are logged to stderr; a bad file raises anyway
-                image = nib.load(str(path))
+                image = cast(SpatialImage, nib.load(str(path)))  # a NIfTI file loads as a spatial image
                 if len(image.shape) < 3:  # nibabel's reorientation would fail with a puzzling OrientationError
                     raise _not_3d(path, image.shape)
                 array, affine = _to_lps_zyx(image)

@@ -78,7 +78,7 @@ def _check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
     values = tuple(float(s) for s in spacing)
     if len(values) != 3 or not all(np.isfinite(values)) or min(values) <= 0:
         raise PrditError(f"spacing {spacing!r} must be three positive numbers (sz, sy, sx) in mm")
-    return values  # type: ignore[return-value]
+    return values
 
 
 def _show(axes, image: np.ndarray, aspect: float, level: float, width: float):
@@ -118,6 +118,7 @@ def render_montage(
         slice_, aspect = central_slice(volume, spacing, view)
         image = _show(axes, slice_, aspect, level, width)
         axes.set_title(view, color="white", fontsize=9)
+    assert image is not None  # one image per view
     colorbar = figure.colorbar(image, cax=figure.add_subplot(grid[0, 3]))
     colorbar.set_label("HU", color="white", fontsize=8)
     colorbar.ax.tick_params(colors="white", labelsize=7)

@@ -29,7 +29,7 @@ from prdit.data.intensity import IntensityMapping
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import atomic_write_text, ensure_writable, load_volume, save_nifti, sha256_file
-from prdit.models import create_model
+from prdit.models import PRDiT, create_model
 from prdit.models.official import from_official_checkpoint, is_official_checkpoint
 from prdit.runs import resolve_checkpoint
 from prdit.runtime import autocast_for, resolve_device
@@ -43,7 +43,7 @@ def volume_name(seed: int) -> str:
 class Pipeline:
     """A trained PRDiT with its diffusion process and intensity mapping, ready to sample HU volumes."""
 
-    model: torch.nn.Module
+    model: PRDiT
     diffusion: Diffusion
     mapping: IntensityMapping
     spacing: tuple[float, float, float]
@@ -191,8 +191,9 @@ def load_pipeline(
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit {meta.model_name}: {str(error).splitlines()[1][:300]}") from None
     model.to(device).eval().requires_grad_(False)
+    sz, sy, sx = spacing
     return Pipeline(
-        model=model, diffusion=diffusion, mapping=mapping, spacing=spacing,  # type: ignore[arg-type]
+        model=model, diffusion=diffusion, mapping=mapping, spacing=(sz, sy, sx),
         input_size=meta.input_size, device=device, checkpoint=path, checkpoint_sha256=sha256_file(path), weights=weights,
         precision=precision, info={"trained_steps": state.get("step"), **({"source": source} if source else {})},
     )

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from prdit import checkpoint as ckpt
 from prdit.errors import CheckpointError
 from prdit.models import create_model
-from prdit import checkpoint as ckpt
 from prdit.runs import resolve_latest
 
 

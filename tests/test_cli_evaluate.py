@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from prdit.evaluation import evaluate_sets
 from prdit.cli.evaluate import add_parser, script_main
+from prdit.evaluation import evaluate_sets
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,6 @@ from prdit.evaluation.critic import (
     wasserstein_estimate,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -6,7 +6,6 @@ never a hang.
 
 import gzip
 import json
-import os
 import signal
 import struct
 import traceback
@@ -17,16 +16,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
-
 from dicom_factory import ramp_volume, write_series
+
+from prdit.checkpoint import CheckpointMeta, export_weights, load_checkpoint, save_checkpoint
 from prdit.config import load_config
 from prdit.data.preprocess import PreprocessOptions, preprocess_lidc
 from prdit.data.rad_chestct import read_rad_volume
 from prdit.errors import PrditError
 from prdit.io import load_volume
 from prdit.sample import load_pipeline
-from prdit.checkpoint import CheckpointMeta, export_weights, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS_PER_INPUT = 20  # generous for 2 loaded cores; a hang is minutes

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from prdit.data.manifest import ManifestRow, ok_outputs, read_manifest, write_manifest, write_split
-from prdit.errors import DataError
 from prdit.data.sources import find_volumes
+from prdit.errors import DataError
 
 
 def _row(case_id, status="ok", **kwargs):

@@ -6,7 +6,6 @@ import torch
 from prdit.errors import CheckpointError
 from prdit.evaluation.medicalnet import FALLBACK_LABEL, FEATURE_DIM, MedicalNetFeatures, extract_features
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

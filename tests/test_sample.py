@@ -4,14 +4,14 @@ bad checkpoints and folders give one clear error."""
 import numpy as np
 import pytest
 import torch
+from test_trainer import blob_data, make_config  # noqa: F401  (fixture re-used)
 
+from prdit.checkpoint import export_weights, load_checkpoint, save_checkpoint
 from prdit.cli import main
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import load_volume
 from prdit.sample import load_pipeline, sample_to_folder
-from prdit.checkpoint import export_weights, load_checkpoint, save_checkpoint
 from prdit.train.trainer import TrainOptions, train
-from test_trainer import blob_data, make_config  # noqa: F401  (fixture re-used)
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
+from test_dataset import write_volumes
 
 from prdit.config import DataConfig
 from prdit.data.manifest import split_paths
 from prdit.data.sources import find_volumes, resolve_splits
 from prdit.errors import DataError
-from test_dataset import write_volumes
 
 
 def test_find_volumes_in_folders_and_lists(tmp_path):

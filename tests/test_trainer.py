@@ -11,9 +11,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from prdit.checkpoint import load_checkpoint
 from prdit.config import config_from_dict, save_config
 from prdit.errors import ConfigError, PrditError
-from prdit.checkpoint import load_checkpoint
 from prdit.train.logger import read_log
 from prdit.train.trainer import TrainOptions, train
 

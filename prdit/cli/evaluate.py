@@ -181,7 +181,6 @@ def _add_offline_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_offline(args: argparse.Namespace) -> None:
-    from prdit.evaluation.evaluate import base_protocol
     from prdit.evaluation.data import check_same_shape
     from prdit.evaluation.descriptions import METRICS, metric_lines
     from prdit.evaluation.offline import bootstrap_intervals, compare_statistics, real_floor, volume_statistics
@@ -274,9 +273,9 @@ def _add_wgan_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_wgan(args: argparse.Namespace) -> None:
     from prdit.errors import CheckpointError, DataError
-    from prdit.evaluation.evaluate import base_protocol
     from prdit.evaluation.critic import CriticConfig, load_critic, split_indices, train_critic, wasserstein_estimate
     from prdit.evaluation.data import check_same_shape
+    from prdit.evaluation.evaluate import base_protocol
     from prdit.runtime import resolve_device
 
     save_path = Path(args.save_path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from prdit.io import load_volume
 
 def mapping_from_config(config: DataConfig) -> IntensityMapping:
     return IntensityMapping(
-        mode=config.intensity, window=tuple(config.hu_window), percentile=config.paper_percentile, scale=config.paper_scale
+        mode=config.intensity, window=config.hu_window, percentile=config.paper_percentile, scale=config.paper_scale
     )
 
 
@@ -86,9 +87,9 @@ class VolumeDataset(Dataset):
                 f"{self.paths[index]}: volume is {volume.array.shape} (after pool={self.pool}: {hu.shape}), "
                 f"but data.image_size={self.image_size}; {hint}"
             )
-        spacing = tuple(s * self.pool for s in volume.spacing)
+        sz, sy, sx = volume.spacing
         model = self.mapping.from_unit(hu) if self.mapping.mode == "paper" else self.mapping.to_model(hu)
-        loaded = LoadedVolume(np.asarray(model, dtype=np.float32), spacing)
+        loaded = LoadedVolume(np.asarray(model, dtype=np.float32), (sz * self.pool, sy * self.pool, sx * self.pool))
         if self.cache:
             self._cache[index] = loaded
         return loaded
@@ -104,17 +105,13 @@ class VolumeDataset(Dataset):
         array = self.load(index).array
         flips = self._flips(index)
         if flips:
-            array = np.flip(array, axis=flips)
+            array = np.flip(array, axis=tuple(flips))
         return torch.from_numpy(np.ascontiguousarray(array))[None]
 
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel spacing of the first volume (after pooling): the spacing written into generated volumes."""
         return self.load(0).spacing
-
-    def hu_volumes(self, limit: int | None = None) -> list[np.ndarray]:
-        """HU arrays of the first ``limit`` volumes (for fitting paper-mode mappings and for evaluation)."""
-        return [self.mapping.to_hu(self.load(i).array) for i in range(min(len(self), limit or len(self)))]
 
 
 def ensure_phantom_data(config: DataConfig, progress: bool = True) -> None:
@@ -141,9 +138,9 @@ def build_datasets(config: DataConfig, seed: int = 0, progress: bool = True) -> 
         ensure_phantom_data(config, progress=progress)
     train_paths, val_paths = resolve_splits(config)
     mapping = mapping_from_config(config)
-    common = dict(mapping=mapping, image_size=config.image_size, pool=config.pool, cache=config.cache)
-    train = VolumeDataset(train_paths, flip_axes=tuple(config.flip_axes), seed=seed, **common)  # type: ignore[arg-type]
+    common: dict[str, Any] = dict(mapping=mapping, image_size=config.image_size, pool=config.pool, cache=config.cache)
+    train = VolumeDataset(train_paths, flip_axes=tuple(config.flip_axes), seed=seed, **common)
     if config.intensity == "paper":
         mapping.fit([load_volume(p).array for p in train_paths[:64]])
-    val = VolumeDataset(val_paths, **common) if val_paths else None  # type: ignore[arg-type]
+    val = VolumeDataset(val_paths, **common) if val_paths else None
     return train, val

@@ -103,7 +103,7 @@ class DicomSeries:
 
     def slice_spacing(self) -> float:
         """Median distance between neighbouring slice positions along the normal (0 for one slice)."""
-        positions = np.sort([np.dot(s.position, self.slices[0].normal) for s in self.slices])
+        positions = np.sort([np.dot(np.asarray(s.position), self.slices[0].normal) for s in self.slices])
         gaps = np.diff(positions)
         gaps = gaps[gaps > _POSITION_TOLERANCE_MM]
         return float(np.median(gaps)) if gaps.size else 0.0
@@ -345,7 +345,7 @@ def load_series(series: DicomSeries, max_gap_factor: float = 2.0, max_tilt_deg: 
     normal = np.cross(row, col)
 
     # Order from the headers, then read the pixels straight into their place (one copy of a large series).
-    slices = sorted(series.slices, key=lambda h: (float(np.dot(h.position, normal)), h.instance_number or 0))
+    slices = sorted(series.slices, key=lambda h: (float(np.dot(np.asarray(h.position), normal)), h.instance_number or 0))
     hu = np.empty((len(slices), first.rows, first.columns), dtype=np.float32)
     readable = np.ones(len(slices), dtype=bool)
     bad_files = []

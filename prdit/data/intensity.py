@@ -124,8 +124,8 @@ class IntensityMapping:
         ref = data.get("reference_range")
         return cls(
             mode=data.get("mode", "hu"),
-            window=tuple(data.get("window", (-1000.0, 1000.0))),  # type: ignore[arg-type]
+            window=tuple(data.get("window", (-1000.0, 1000.0))),
             percentile=float(data.get("percentile", 99.9)),
-            reference_range=tuple(ref) if ref else None,  # type: ignore[arg-type]
+            reference_range=tuple(ref) if ref else None,
             scale=data.get("scale", "signed"),
         )

@@ -313,7 +313,9 @@ def _grow_tree(
             break
         length = radius * rng.uniform(*length_per_radius, size=len(radius))
         end = position + length[:, None] * direction
-        starts.append(position), ends.append(end), widths.append(radius)
+        starts.append(position)
+        ends.append(end)
+        widths.append(radius)
         alive = inside(end) if generation >= free_generations else np.ones(len(end), dtype=bool)
         alive &= radius * 0.8 >= min_radius
         end, direction, radius, anchor = end[alive], direction[alive], radius[alive], anchor[alive]

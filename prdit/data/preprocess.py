@@ -264,13 +264,13 @@ def process_rad_case(source: Path, case_id: str, out_dir: Path, options: Preproc
         extent = np.array(hu.shape) * np.array(source_spacing)
         if options.skip_small and (extent < options.size * spacing - 1e-6).any():
             raise DataError(f"{source}: volume {hu.shape} is smaller than the {options.size}^3 crop (--skip-small)")
-        origin_lps = np.array(centered_origin(hu.shape, source_spacing))  # type: ignore[arg-type]
+        origin_lps = np.array(centered_origin(hu.shape, source_spacing))
         if options.spacing is None and len(set(source_spacing)) == 1:
             # The paper crops the source grid itself: no interpolation.
             start = np.array([(s - options.size) // 2 for s in hu.shape])
             if options.crop == "body":
                 start = np.round(body_center(hu) - (options.size - 1) / 2).astype(int)
-            cube = crop_or_pad(hu, options.size, tuple(int(v) for v in start))  # type: ignore[arg-type]
+            cube = crop_or_pad(hu, options.size, tuple(int(v) for v in start))
             origin = origin_lps + start[::-1] * spacing
         else:
             import SimpleITK as sitk

@@ -50,4 +50,4 @@ def read_rad_volume(
         spacing = volume.spacing
     else:
         spacing = (RAD_SPACING_MM,) * 3
-    return volume.array, spacing  # type: ignore[return-value]
+    return volume.array, spacing

@@ -3,6 +3,8 @@ finding the body, and the paper's per-volume intensity scaling."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from prdit.errors import DataError
@@ -22,13 +24,13 @@ def average_pool(volume: np.ndarray, factor: int) -> np.ndarray:
     return cropped.reshape(d, factor, h, factor, w, factor).mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
 
 
-def crop_or_pad(volume: np.ndarray, size: int, start: tuple[int, int, int] | None = None, fill: float = AIR_HU) -> np.ndarray:
+def crop_or_pad(volume: np.ndarray, size: int, start: Sequence[int] | None = None, fill: float = AIR_HU) -> np.ndarray:
     """The ``size``^3 window of ``volume`` starting at index ``start`` (default: centred); outside reads ``fill``."""
     if start is None:
-        start = tuple((s - size) // 2 for s in volume.shape)  # type: ignore[assignment]
+        start = tuple((s - size) // 2 for s in volume.shape)
     out = np.full((size,) * 3, fill, dtype=volume.dtype)
     source, target = [], []
-    for begin, extent in zip(start, volume.shape):  # type: ignore[arg-type]
+    for begin, extent in zip(start, volume.shape):
         lo, hi = max(begin, 0), min(begin + size, extent)
         source.append(slice(lo, max(hi, lo)))
         target.append(slice(lo - begin, lo - begin + max(hi - lo, 0)))

@@ -118,6 +118,18 @@ class Diffusion:
         """The network output for the posterior means E[x0 | x_t] and E[z | x_t]."""
         raise NotImplementedError
 
+    def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training loss of ``model`` on clean volumes ``x0`` at random times (and noise) from ``generator``."""
+        raise NotImplementedError
+
+    def predict_x0(self, model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0_hat of one network call at network timesteps ``t``."""
+        raise NotImplementedError
+
+    def noise_level_timestep(self, level: float) -> float:
+        """The network timestep of noise level ``level`` (0 clean, 1 pure noise), comparable across processes."""
+        raise NotImplementedError
+
     def predict(self, model, x: torch.Tensor, time: float, guidance: Guidance | None) -> tuple[torch.Tensor, torch.Tensor]:
         """One network call at process time ``time`` -> the pair the process's samplers use."""
         raise NotImplementedError

@@ -20,6 +20,10 @@ class MixtureDenoiser(torch.nn.Module):
     with the posterior weights of k. One component is the Gaussian case. Called like the network: model(x, t).
     """
 
+    weights: torch.Tensor  # buffers: component weights, means and standard deviations
+    means: torch.Tensor
+    stds: torch.Tensor
+
     def __init__(self, diffusion: Diffusion, weights: Sequence[float], means: Sequence[float], stds: Sequence[float]):
         super().__init__()
         self.diffusion = diffusion

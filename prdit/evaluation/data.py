@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from prdit.data.intensity import IntensityMapping
-from prdit.errors import DataError
 from prdit.data.sources import find_volumes
+from prdit.errors import DataError
 from prdit.io import atomic_write, load_volume, volume_suffix
 
 Space = Literal["hu", "model"]
@@ -50,7 +50,7 @@ class VolumeSet:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.volumes.shape[1:])  # type: ignore[return-value]
+        return tuple(self.volumes.shape[1:])
 
     def model_space(self) -> np.ndarray:
         """The volumes in the model's [-1, 1] space (the feature networks' input)."""
@@ -134,7 +134,7 @@ def load_volume_set(
                 where = files[index] if len(files) == len(arrays) else f"volume {index}"
                 raise DataError(f"{name}: {where} has shape {array.shape}, expected {target}; pass --resize trilinear (or resize='trilinear') to resample")
             resized.append(tuple(array.shape))
-            arrays[index] = _resize(array, target)  # type: ignore[arg-type]
+            arrays[index] = _resize(array, target)
     volumes = np.stack(arrays).astype(np.float32, copy=False)
     if space == "model":
         if volumes.min() < -1.05 or volumes.max() > 1.05:

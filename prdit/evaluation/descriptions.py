@@ -154,7 +154,7 @@ def metric_rows(result: dict, floor: dict | None = None) -> list[MetricRow]:
         value = lookup(result, info.key)
         if value is None:
             continue
-        reference = lookup(result, info.real_key) if info.reference == "real" else lookup(floor, info.key)
+        reference = lookup(result, info.real_key) if info.reference == "real" and info.real_key else lookup(floor, info.key)
         rows.append(MetricRow(info, value, reference, features if info.uses_features else ()))
     return rows
 

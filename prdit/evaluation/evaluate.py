@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
+import torch
 
 from prdit.evaluation.data import (
     DEFAULT_CACHE_DIR,
@@ -48,7 +49,7 @@ def set_features(
     volume_set: VolumeSet,
     extractor: MedicalNetFeatures,
     batch_size: int = 4,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     progress: bool = False,
     cache_dir: Path | None = None,
     desc: str = "features",
@@ -60,11 +61,11 @@ def set_features(
     protocol = {"network": FEATURE_NETWORK, "weights": extractor.weights, "normalization": extractor.normalization,
                 "intensity": INTENSITY_LABEL, "shape": list(volume_set.shape), "resized": [list(s) for s in volume_set.resized_from]}
     key = cache_key(volume_set, protocol) if cache_dir is not None else None
-    cached = load_cached_features(cache_dir, key) if key else None
+    cached = load_cached_features(cache_dir, key) if cache_dir is not None and key else None
     if cached is not None and len(cached) == len(volume_set):
         return cached, "hit"
     features = extract_features(extractor, volume_set.model_space(), batch_size=batch_size, device=device, progress=progress, desc=desc)
-    if key:
+    if cache_dir is not None and key:
         save_cached_features(cache_dir, key, features, protocol)
     return features, "miss" if key else "off"
 
@@ -105,7 +106,7 @@ def compare_features(
     space: Space = "hu",
     resize: ResizePolicy = "error",
     batch_size: int = 4,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     progress: bool = False,
     cache_dir: Path | None = None,
 ) -> dict:
@@ -132,7 +133,7 @@ def evaluate_sets(
     fake: SetSource,
     pretrain_path: str | os.PathLike | None = None,
     spacing: tuple[float, float, float] | None = None,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     progress: bool = False,
     normalization: Literal["none", "zscore"] = "none",
     space: Space = "hu",

@@ -151,11 +151,11 @@ class MedicalNetFeatures(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(FALLBACK_SEED)
             self.backbone = MedicalNetResNet50()
-        if state is None:
+        if state is None or pretrain_path is None:
             self.weights = FALLBACK_LABEL
             self.weights_sha256: str | None = None
         else:
-            path = Path(pretrain_path)  # type: ignore[arg-type]
+            path = Path(pretrain_path)
             _load_backbone(self.backbone, state, path)
             self.weights_sha256 = sha256_file(path)
             self.weights = f"{path.name} sha256:{self.weights_sha256}"

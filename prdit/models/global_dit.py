@@ -9,6 +9,7 @@ whatever token grid the input has, which is what lets a 128^3 checkpoint run at 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -154,12 +155,10 @@ class GlobalDiT(nn.Module):
         # the MLP path, so early training is driven by the MLP features.
         nn.init.xavier_uniform_(self.patch_embed.skip.weight, gain=0.1)
         # adaLN-Zero: every block starts as the identity and the output layer as zero.
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        last_modulations = [cast(nn.Sequential, block.adaLN_modulation)[-1] for block in self.blocks] + [self.final_layer.adaLN_modulation[-1]]
+        for layer in (*last_modulations, self.final_layer.linear):
+            nn.init.zeros_(cast(nn.Linear, layer).weight)
+            nn.init.zeros_(cast(nn.Linear, layer).bias)
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor, grid: Grid) -> torch.Tensor:
         pos = self.pos_embed if tuple(grid) == self.pos_grid else position_code(grid, self.hidden_size, tokens.device)

@@ -11,6 +11,8 @@ carries the absolute intensity of the block to the output.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -67,8 +69,8 @@ class LocalDenoiser(nn.Module):
                 nn.init.zeros_(module.bias)
         # Identity modulation and a zero output: a fresh denoiser predicts 0 for both heads.
         for layer in (self.modulation[-1], self.out):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            nn.init.zeros_(cast(nn.Linear, layer).weight)
+            nn.init.zeros_(cast(nn.Linear, layer).bias)
 
     def _branch(
         self, x: torch.Tensor, shift1: torch.Tensor, scale1: torch.Tensor, shift2: torch.Tensor, scale2: torch.Tensor

@@ -109,7 +109,8 @@ class PRDiT(nn.Module):
         self._local_frozen = False
 
     def _time_layers(self) -> list[nn.Linear]:
-        return [self.time_embed.linear, self.coarse_head] + ([self.fine_head] if self.depth else [])
+        layers: list[nn.Linear] = [self.time_embed.linear, self.coarse_head]
+        return layers + ([self.fine_head] if self.depth else [])
 
     @property
     def local_denoiser_frozen(self) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +69,7 @@ class ReportContent:
     notes: list[str] = field(default_factory=list)
 
 
-def downsample(array: np.ndarray, spacing: tuple[float, float, float], max_side: int):
+def downsample(array: np.ndarray, spacing: Sequence[float], max_side: int):
     """Block-average by the smallest integer factor that brings every side to ``max_side`` or below."""
     factor = max(1, math.ceil(max(array.shape) / max_side))
     if factor == 1:
@@ -108,13 +110,14 @@ def sample_set(folder: Path, key: str, max_volumes: int, max_side: int) -> tuple
     return VolumeSet(key, f"generated · {folder.name}", "generated", volumes, str(folder)), (sidecars[0] if sidecars else {})
 
 
-def real_set(source: str | Path | list[Path], max_volumes: int, max_side: int) -> VolumeSet:
+def real_set(source: str | os.PathLike | list[Path], max_volumes: int, max_side: int) -> VolumeSet:
     """Real volumes from a folder, a list file or a list of paths."""
-    listed = isinstance(source, (list, tuple))
-    paths = (list(source) if listed else find_volumes(source))[:max_volumes]
-    volumes = [report_volume(Path(p), max_side) for p in paths]
-    name = "held-out volumes" if listed else Path(source).name
-    return VolumeSet("real", "real" if name == "real" else f"real · {name}", "real", volumes, "" if listed else str(source))
+    if isinstance(source, (list, tuple)):
+        paths, name, origin = list(source), "held-out volumes", ""
+    else:
+        paths, name, origin = find_volumes(source), Path(source).name, str(source)
+    volumes = [report_volume(Path(p), max_side) for p in paths[:max_volumes]]
+    return VolumeSet("real", "real" if name == "real" else f"real · {name}", "real", volumes, origin)
 
 
 def is_run(folder: Path) -> bool:
@@ -138,7 +141,7 @@ def _children(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir())
 
 
-def collect(source: str | Path, real: str | Path | list[Path] | None = None, max_volumes: int = 6, max_side: int = 64,
+def collect(source: str | os.PathLike, real: str | os.PathLike | list[Path] | None = None, max_volumes: int = 6, max_side: int = 64,
             title: str | None = None) -> ReportContent:
     """Everything a report of ``source`` shows (metrics only as found in ``source/metrics.json``)."""
     source = Path(source)

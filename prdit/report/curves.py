@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 from matplotlib.backends.backend_svg import FigureCanvasSVG
 from matplotlib.figure import Figure
@@ -37,7 +38,7 @@ def curves_svg(records: list[dict], title: str = "") -> str | None:
     for index, (name, unit, lines, log) in enumerate(panels):
         axes = figure.add_subplot(1, len(panels), index + 1, facecolor=BACKGROUND)
         for colour, (label, steps, values) in zip(COLOURS, lines):
-            style = {"marker": "o", "markersize": 3} if len(steps) < 30 else {}
+            style: dict[str, Any] = {"marker": "o", "markersize": 3} if len(steps) < 30 else {}
             axes.plot(steps, values, color=colour, linewidth=1.4, label=label, **style)
         if log and all(v > 0 for _, _, values in lines for v in values):
             axes.set_yscale("log")

@@ -29,7 +29,7 @@ PLANES = ("axial", "coronal", "sagittal")
 
 
 def _static(name: str) -> str:
-    return files("prdit.report").joinpath("static", name).read_text(encoding="utf-8")
+    return files("prdit.report").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 def _script_json(value) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_dat
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import ConfigError, PrditError
 from prdit.io import ensure_writable, remove_temp_files
-from prdit.models import create_model
+from prdit.models import PRDiT, create_model
 from prdit.runs import has_checkpoint, new_run_dir, resume_run_dir
 from prdit.runtime import autocast_for, enable_tf32
 from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator
@@ -113,7 +114,7 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def build_model(config: Config, out_channels: int) -> torch.nn.Module:
+def build_model(config: Config, out_channels: int) -> PRDiT:
     return create_model(
         config.model.name,
         input_size=config.data.image_size,
@@ -145,7 +146,8 @@ def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim
     """AdamW; trainable weights loaded from a checkpoint (``fine_tuned``) use ``fine_tune_lr``, new ones the full LR."""
     loaded = set(fine_tuned)
     fine_lr = config.training.fine_tune_lr or config.training.lr
-    fresh, tuned = [], []
+    fresh: list[torch.nn.Parameter] = []
+    tuned: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
             (tuned if name in loaded else fresh).append(parameter)
@@ -154,7 +156,7 @@ def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim
         groups.append({"params": tuned, "lr": fine_lr, "base_lr": fine_lr})
     fused = next(model.parameters()).device.type in ("cuda", "cpu")  # CPU: 4-10x faster than foreach, no temporaries
     return torch.optim.AdamW(
-        groups, betas=tuple(config.training.betas), weight_decay=config.training.weight_decay, fused=fused or None,
+        groups, betas=config.training.betas, weight_decay=config.training.weight_decay, fused=fused or None,
         foreach=None if fused else True,
     )
 
@@ -199,8 +201,9 @@ class Run:
     info: DistInfo
     run_dir: Path
     diffusion: Diffusion
-    model: torch.nn.Module  # the PRDiT itself (checkpoints, EMA)
+    model: PRDiT  # the network itself (checkpoints, EMA)
     network: torch.nn.Module  # what the loss calls: the model, DDP-wrapped and/or compiled
+    ddp: DistributedDataParallel | None  # the DDP wrapper under torchrun (its no_sync skips all-reduces)
     ema: torch.nn.Module
     optimizer: torch.optim.Optimizer
     train_set: VolumeDataset
@@ -273,9 +276,10 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     if changes:
         logger.log({"step": start_step, "config_changes": {key: list(values) for key, values in changes.items()}})
 
-    network = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
+    ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else None
+    network: torch.nn.Module = ddp if ddp is not None else model
     if tcfg.compile:
-        network = torch.compile(network)
+        network = cast(torch.nn.Module, torch.compile(network))
     enable_tf32(info.device)
     micro_batch, _ = batch_layout(tcfg.global_batch_size, info.world_size, tcfg.micro_batch_size)
     sampler = StepBatchSampler(tcfg.global_batch_size, info.rank, info.world_size, micro_batch, start_step, tcfg.total_steps)
@@ -289,7 +293,7 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     if state is not None:  # so the RNG states are restored after it: they continue exactly where they were saved
         ranks = state["rng"]
         set_rng_state(ranks[info.rank] if info.rank < len(ranks) else ranks[0])
-    return Run(config, info, run_dir, diffusion, model, network, ema, optimizer, train_set, sampler, batches,
+    return Run(config, info, run_dir, diffusion, model, network, ddp, ema, optimizer, train_set, sampler, batches,
                autocast_for(tcfg.precision, info.device), logger, eval_volumes, fine_tuned,
                [p for p in model.parameters() if p.requires_grad], start_step, best_val, running_loss, skipped)
 
@@ -319,7 +323,7 @@ def train_step(run: Run, step: int) -> float | None:
     for micro, offset in enumerate(offsets):
         x0 = next(run.batches).to(info.device, non_blocking=True)
         last = micro == accumulation - 1
-        with (run.network.no_sync() if info.enabled and not last else nullcontext()), run.autocast:
+        with (run.ddp.no_sync() if run.ddp is not None and not last else nullcontext()), run.autocast:
             loss = run.diffusion.training_loss(run.network, x0, generator=noise_generator(tcfg.seed, offset, info.device))
         (loss / accumulation).backward()
         loss_sum += loss.detach().float()

@@ -1,5 +1,9 @@
 """PRDiT: Pixel-Level Residual Diffusion Transformer for 3D CT volume generation.
 
+An implementation of Z. Zhang, M. Hiller, K. A. Ehinger, T. Drummond, "Pixel-Level Residual Diffusion
+Transformer: Scalable 3D CT Volume Generation", ICLR 2026, https://openreview.net/forum?id=bWtRZQ1rm2
+(BibTeX in the README).
+
 >>> import prdit
 >>> pipeline = prdit.load_pipeline("results/phantom/002-PRDiT-T-6-2")   # run folder, checkpoint or .safetensors
 >>> volumes = pipeline.sample(4, seed=0)                                # [4, 1, D, H, W] in HU

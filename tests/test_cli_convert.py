@@ -1,7 +1,6 @@
 """``prdit convert``: an official checkpoint -> prdit's .safetensors, which samples the same as the checkpoint."""
 
 
-import pytest
 import torch
 from test_official import write_official_checkpoint
 

@@ -33,8 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run_convert(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from prdit.models.official import from_official_checkpoint, is_official_checkpoint
     from prdit.checkpoint import export_state, load_checkpoint
+    from prdit.models.official import from_official_checkpoint, is_official_checkpoint
 
     if not args.out.endswith(".safetensors"):
         raise PrditError(f"--out {args.out}: use a .safetensors file name")

@@ -72,7 +72,7 @@ class IntensityMapping:
         if self.mode == "paper":
             ranges = np.array([self.volume_range(v) for v in volumes if not is_unit_normalised(v)])
             self.reference_range = (
-                (float(np.median(ranges[:, 0])), float(np.median(ranges[:, 1]))) if len(ranges) else tuple(self.window)
+                (float(np.median(ranges[:, 0])), float(np.median(ranges[:, 1]))) if len(ranges) else (self.window[0], self.window[1])
             )
         return self
 

@@ -222,7 +222,7 @@ def process_dicom_case(case: DicomCase, out_dir: Path, options: PreprocessOption
             start = np.array([(n - options.size) // 2 for n in zoomed.shape])
             if options.crop == "body":
                 start = np.round(body_center(zoomed) - (options.size - 1) / 2).astype(int)
-            cube = crop_or_pad(zoomed, options.size, tuple(int(v) for v in start))  # type: ignore[arg-type]
+            cube = crop_or_pad(zoomed, options.size, tuple(int(v) for v in start))
             new_spacing = steps * source_spacing[::-1]  # [z, y, x]
             return CaseResult(_finish(cube, new_spacing, origin + (start * new_spacing)[::-1], options, path, row), bad_files)
         image = to_sitk_image(ct)
@@ -252,12 +252,12 @@ def process_rad_case(source: Path, case_id: str, out_dir: Path, options: Preproc
             if options.skip_small and any(n < crop for n in hu.shape):
                 raise DataError(f"{source}: volume {hu.shape} is smaller than the {crop}^3 crop (--skip-small)")
             start = np.array([(n - crop) // 2 for n in hu.shape])
-            cube = crop_or_pad(hu, crop, tuple(int(v) for v in start))  # type: ignore[arg-type]
+            cube = crop_or_pad(hu, crop, tuple(int(v) for v in start))
             steps = np.ones(3)
             if options.size != crop:
                 cube, steps = official_zoom(cube, (options.size / crop,) * 3, order=1, mode="constant")
             new_spacing = steps * np.asarray(source_spacing, dtype=np.float64)
-            origin = np.array(centered_origin(hu.shape, source_spacing)) + (start * np.asarray(source_spacing))[::-1]  # type: ignore[arg-type]
+            origin = np.array(centered_origin(hu.shape, source_spacing)) + (start * np.asarray(source_spacing))[::-1]
             row.output = path.relative_to(out_dir).as_posix()
             return CaseResult(_finish(cube, new_spacing, origin, options, path, row), [])
         spacing = options.spacing if options.spacing is not None else min(source_spacing)

@@ -20,6 +20,7 @@ a 1-voxel reflect halo, so its token grid is (N/2)^3.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 
@@ -161,7 +162,7 @@ def to_official(state_dict: Tensors, stride: int) -> Tensors:
 
 #: What the official code does per dataset (``config.data.task``): the percentile of its per-volume min-max,
 #: the range it trains in (its RAD loader never applies 2x - 1) and the spacing of its 256^3 volumes in mm.
-OFFICIAL_TASKS = {
+OFFICIAL_TASKS: dict[str, dict[str, Any]] = {
     "lidc": {"percentile": 99.9, "scale": "signed", "spacing_256": 1.0},
     "rad_chestct": {"percentile": 99.5, "scale": "unit", "spacing_256": 0.8},
 }
@@ -173,8 +174,8 @@ DEFAULT_OFFICIAL_HU_RANGE = (-1000.0, 1000.0)
 def is_official_checkpoint(state: object) -> bool:
     """A dict checkpoint with official weight names and no prdit ``meta``."""
     return (
-        isinstance(state, dict) and "meta" not in state and isinstance(state.get("model", state.get("ema")), dict)
-        and is_official_state_dict(state.get("model", state.get("ema")))
+        isinstance(state, dict) and "meta" not in state and isinstance(weights := state.get("model", state.get("ema")), dict)
+        and is_official_state_dict(weights)
     )
 
 
@@ -202,7 +203,7 @@ def from_official_checkpoint(state: dict, hu_range: tuple[float, float] | None =
     image_size = int(data_config.get("image_size", 128))
     facts = OFFICIAL_TASKS[task]
     given = hu_range is not None
-    low, high = (float(v) for v in (hu_range if given else DEFAULT_OFFICIAL_HU_RANGE))
+    low, high = (float(v) for v in (hu_range if hu_range is not None else DEFAULT_OFFICIAL_HU_RANGE))
     if not high > low:
         raise CheckpointError(f"HU range [{low}, {high}] needs LOW < HIGH")
     weights = {key: from_official(state[key], stride) for key in ("model", "ema") if isinstance(state.get(key), dict)}

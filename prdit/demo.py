@@ -94,32 +94,32 @@ def time_training_steps(config: Config, seconds: float, device: str = "cpu", min
     import torch
 
     from prdit.diffusion import create_diffusion
-    from prdit.train.ema import create_ema, update_ema
     from prdit.runtime import autocast_for
+    from prdit.train.ema import create_ema, update_ema
     from prdit.train.trainer import build_model, build_optimizer
 
-    device = torch.device(device)
+    where = torch.device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         diffusion = create_diffusion(config.diffusion)
-        model = build_model(config, diffusion.model_out_channels).to(device)
+        model = build_model(config, diffusion.model_out_channels).to(where)
         if model.depth > 0:
             model.freeze_local_denoiser()
         ema, optimizer = create_ema(model), build_optimizer(model, config, [])
         trainable = [p for p in model.parameters() if p.requires_grad]
         size = config.data.image_size
-        x0 = torch.rand(config.training.global_batch_size, config.model.in_channels, size, size, size, device=device) * 2 - 1
+        x0 = torch.rand(config.training.global_batch_size, config.model.in_channels, size, size, size, device=where) * 2 - 1
 
         def finished() -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            if where.type == "cuda":
+                torch.cuda.synchronize(where)
             return time.perf_counter()
 
         began, step = 0.0, 0
         while step < warmup + min_steps or finished() - began < seconds:
             if step == warmup:
                 began = finished()
-            with autocast_for(config.training.precision, device):
+            with autocast_for(config.training.precision, where):
                 loss = diffusion.training_loss(model, x0)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -194,8 +194,8 @@ def run_demo(
         fake = [load_volume(p).array for p in sorted((out_dir / folder).glob("sample_*[0-9].nii.gz"))]
         metrics[folder] = timed(f"metrics {folder}", evaluate_sets, [v.array for v in real], fake, spacing=spacing)
         metrics[folder]["weights"] = str(weights)
-        sampler, steps = pipeline.diffusion.resolve()
-        metrics[folder]["sampler"] = {"name": sampler, "steps": steps}
+        sampler, sampler_steps = pipeline.diffusion.resolve()
+        metrics[folder]["sampler"] = {"name": sampler, "steps": sampler_steps}
     atomic_write_text(out_dir / "metrics.json", json.dumps({"metrics": metrics, "floor": floor, "timings_s": timings}, indent=2, default=_jsonable))
     index = write_index(out_dir, metrics, floor, timings, stage1_run, stage2_run, train_full)
     report = write_report(out_dir, out_dir / "report.html", real=list(val_paths), overwrite=True)

@@ -1,9 +1,9 @@
 import os
 
 import pytest
+import torch  # noqa: E402
 
 import prdit  # noqa: F401  (sets the OpenMP wait policy before torch loads OpenMP)
-import torch  # noqa: E402
 
 # Tests are sized for 2 CPU cores; keep torch from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

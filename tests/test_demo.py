@@ -30,7 +30,7 @@ def check_demo_folder(out, expect_shipped: bool) -> dict:
 
 def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    index = run_demo(tmp_path / "demo", quick=True, progress=False)
+    run_demo(tmp_path / "demo", quick=True, progress=False)
     check_demo_folder(tmp_path / "demo", expect_shipped=SHIPPED_WEIGHTS.is_file())
     lines = capsys.readouterr().out.splitlines()
     # the plan and the estimate come first, the report to open last

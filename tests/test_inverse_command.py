@@ -8,8 +8,8 @@ import pytest
 
 from prdit.cli import main
 from prdit.data.phantom import write_phantom_dataset
-from prdit.io import load_volume
 from prdit.inverse.outputs import upsampled_affine
+from prdit.io import load_volume
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

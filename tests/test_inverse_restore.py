@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from prdit.data.phantom import generate_phantom
+from prdit.demo import SHIPPED_WEIGHTS
 from prdit.errors import PrditError
 from prdit.inverse import DataConsistency, Identity, Inpainting, SparseViewXray, SuperResolution
 from prdit.inverse.metrics import psnr
 from prdit.sample import load_pipeline
-from prdit.demo import SHIPPED_WEIGHTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

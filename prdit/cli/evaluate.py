@@ -183,6 +183,7 @@ def _add_offline_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_offline(args: argparse.Namespace) -> None:
     from prdit.evaluation.data import check_same_shape
     from prdit.evaluation.descriptions import METRICS, metric_lines
+    from prdit.evaluation.evaluate import base_protocol
     from prdit.evaluation.offline import bootstrap_intervals, compare_statistics, real_floor, volume_statistics
 
     out = _output_path(args)

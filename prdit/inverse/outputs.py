@@ -51,6 +51,7 @@ def render_restoration(
     if projections is not None:
         shown = projections[: len(VIEWS)]
         low, high = float(projections.min()), float(projections.max()) or 1.0
+        first = None
         for column, image in enumerate(shown):
             axes, mappable = _panel(figure, grid[row, column], image[::-1], spacing[0] / spacing[2], "gray", low, high)
             axes.set_title(f"view {column + 1}/{len(projections)}", color="white", fontsize=8)

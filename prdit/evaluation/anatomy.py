@@ -16,6 +16,8 @@ over all features is one anatomy score (lower is better).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage
 
@@ -111,7 +113,7 @@ def compare_features(real: dict[str, np.ndarray], fake: dict[str, np.ndarray]) -
     the standardised differences is ``score`` (lower is better; NaN values, e.g. HU of absent lungs, are skipped
     and counted in ``fake_missing``)."""
     result: dict = {"features": {}}
-    standardised = []
+    standardised: list[float] = []
     for name, (words, unit) in FEATURES.items():
         r, f = real[name][np.isfinite(real[name])], fake[name][np.isfinite(fake[name])]
         if not len(r) or not len(f):
@@ -119,16 +121,17 @@ def compare_features(real: dict[str, np.ndarray], fake: dict[str, np.ndarray]) -
             continue
         difference = abs(float(f.mean() - r.mean()))
         spread = float(r.std())
+        standardised_difference = difference / spread if spread > 0 else (0.0 if difference == 0 else float("inf"))
         entry = {
             "about": words, "unit": unit,
             "real_mean": float(r.mean()), "real_std": spread, "fake_mean": float(f.mean()), "fake_std": float(f.std()),
             "abs_difference": difference,
-            "standardised_difference": difference / spread if spread > 0 else (0.0 if difference == 0 else float("inf")),
+            "standardised_difference": standardised_difference,
             "fake_missing": int(len(fake[name]) - len(f)),
         }
         result["features"][name] = entry
-        if np.isfinite(entry["standardised_difference"]):
-            standardised.append(entry["standardised_difference"])
+        if math.isfinite(standardised_difference):
+            standardised.append(standardised_difference)
     result["score"] = float(np.mean(standardised)) if standardised else float("nan")
     return result
 

@@ -190,7 +190,7 @@ def metric_lines(result: dict, floor: dict | None = None, intervals: dict | None
         text = f"{info.name}: {format_number(value, info.digits)}{' ' + info.unit if info.unit else ''}"
         if intervals and key in intervals:
             text += f" [95% CI {format_number(intervals[key][0], info.digits)}, {format_number(intervals[key][1], info.digits)}]"
-        if info.reference == "real":
+        if info.reference == "real" and info.real_key is not None:
             reference = f"real {format_number(lookup(result, info.real_key[len(prefix):]), info.digits)}"
             if floor is not None:  # what a second real set scores: the sampling noise of the comparison
                 reference += f", real vs real {format_number(lookup(floor, key), info.digits)}"

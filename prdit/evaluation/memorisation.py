@@ -71,7 +71,7 @@ def memorisation_report(
     if not 4 <= len(heldout) <= len(train):
         raise ValueError(f"need 4 <= held-out volumes <= training volumes, got {len(heldout)} held-out and {len(train)} training")
     rng = np.random.default_rng(seed)
-    result = {"samples": distance_statistics(samples, train, heldout, rng, subsets)}
+    result: dict = {"samples": distance_statistics(samples, train, heldout, rng, subsets)}
     order = rng.permutation(len(heldout))
     half_a, half_b = heldout[order[: len(heldout) // 2]], heldout[order[len(heldout) // 2 :]]
     result["floor"] = distance_statistics(half_a, train, half_b, rng, subsets)

@@ -207,11 +207,12 @@ def bootstrap_intervals(
     """
     rng = np.random.default_rng(seed)
     n_real, n_fake = len(real["histogram"]), len(fake["histogram"])
-    values = {key: [] for key in keys}
+    values: dict[str, list[float]] = {key: [] for key in keys}
     for _ in range(resamples):
         result = compare(select(real, rng.integers(0, n_real, n_real)), select(fake, rng.integers(0, n_fake, n_fake)))
         for key in keys:
             value = lookup(result, key)
             values[key].append(np.nan if value is None else value)
     tail = (1 - level) / 2
-    return {key: tuple(float(q) for q in np.nanquantile(v, [tail, 1 - tail])) for key, v in values.items()}
+    bounds = {key: np.nanquantile(v, [tail, 1 - tail]) for key, v in values.items()}
+    return {key: (float(low), float(high)) for key, (low, high) in bounds.items()}

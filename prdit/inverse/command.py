@@ -61,7 +61,8 @@ def load_projections(path: str | Path) -> np.ndarray:
         elif path.name.endswith((".nii", ".nii.gz")):
             import nibabel as nib
 
-            array = np.asanyarray(nib.load(str(path)).dataobj).transpose(2, 1, 0)
+            image = nib.load(str(path))
+            array = np.asanyarray(image.dataobj).transpose(2, 1, 0)  # type: ignore[attr-defined]  # every NIfTI image has it
         else:
             raise DataError(f"{path}: X-ray projections must be .npy or .nii.gz")
     except DataError:
@@ -124,6 +125,7 @@ def restore_command(args: argparse.Namespace) -> None:
 
     measurement_files: dict[str, Path] = {}
     if args.simulate:
+        assert truth is not None  # --simulate is the truth when --truth is not given
         spacing, affine = truth.spacing, truth.affine
         op = build_operator(args, size, spacing)
         y = op(_tensor(truth.array))
@@ -132,9 +134,10 @@ def restore_command(args: argparse.Namespace) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         measurement_files = _save_measurement(out_dir, op, y, affine, spacing)
     elif args.task == "xray":
-        spacing = tuple(pipeline.spacing)
+        spacing = (float(pipeline.spacing[0]), float(pipeline.spacing[1]), float(pipeline.spacing[2]))
         affine = nifti_affine(spacing, centered_origin((size,) * 3, spacing))
         op = build_operator(args, size, spacing)
+        assert isinstance(op, SparseViewXray)
         projections = load_projections(args.input)
         if len(projections) != len(op.angles_deg):
             raise PrditError(f"{args.input}: {len(projections)} projection(s) but {len(op.angles_deg)} angle(s) given; "

@@ -33,7 +33,7 @@ def ssim(estimate: torch.Tensor, truth: torch.Tensor, window: tuple[float, float
     low, high = window
     scale = lambda v: (v.float().clamp(low, high) - low) / (high - low)  # noqa: E731
     metric = SSIMMetric(spatial_dims=3, data_range=1.0, win_size=7)
-    return float(metric(scale(estimate), scale(truth)).mean())
+    return float(torch.as_tensor(metric(scale(estimate), scale(truth))).mean())
 
 
 def tissue_errors(estimate: torch.Tensor, truth: torch.Tensor) -> dict[str, dict[str, float]]:

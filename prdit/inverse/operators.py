@@ -393,9 +393,9 @@ class SparseViewXray(Operator):
         kernel[offsets == 0] = 1 / (4 * self.pitch**2)
         odd = offsets % 2 == 1
         kernel[odd] = -1 / (np.pi * offsets[odd] * self.pitch) ** 2
-        kernel = torch.from_numpy(kernel * self.pitch).float().to(y.device)
+        ramp = torch.from_numpy(kernel * self.pitch).float().to(y.device)
         b, a, d, u = y.shape
-        filtered = F.conv1d(y.reshape(-1, 1, u).float(), kernel.view(1, 1, -1), padding=n - 1)
+        filtered = F.conv1d(y.reshape(-1, 1, u).float(), ramp.view(1, 1, -1), padding=n - 1)
         return filtered.view(b, a, d, u).to(y.dtype)
 
     def backproject(self, q: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from prdit.runtime import autocast_for
 def hu_affine(mapping) -> tuple[float, float]:
     """(low, high): the HU that model-space -1 and 1 stand for, so HU = low + (x + 1) (high - low) / 2."""
     low, high = mapping.window if mapping.mode == "hu" else (mapping.reference_range or (None, None))
-    if low is None:
+    if low is None or high is None:
         raise PrditError("this checkpoint's intensity mapping has no HU range (paper mode without reference_range)")
     return float(low), float(high)
 
@@ -66,10 +66,10 @@ def sample_posterior(
                 progress=progress and len(seeds) == 1, return_x0=True, guidance=guide,
             )
         volumes.append(pipeline.mapping.to_hu(x0.float().cpu()))
-    volumes = torch.cat(volumes)
+    samples = torch.cat(volumes)
     if return_samples:
-        return volumes
-    mean = volumes.mean(0, keepdim=True)
+        return samples
+    mean = samples.mean(0, keepdim=True)
     if return_std:
-        return mean, volumes.std(0, keepdim=True, unbiased=False)
+        return mean, samples.std(0, keepdim=True, unbiased=False)
     return mean

@@ -247,7 +247,7 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
             changes = check_resume_config(state.get("config") or {}, config, run_dir, options.allow_config_change)
         elif info.is_main:
             print(f"[prdit] {run_dir} stopped before its first checkpoint: training it again from step 0")
-    if state is not None:
+    if state is not None and run_dir is not None:  # a checkpoint is only ever read from a named run folder
         model.load_state_dict(state["model"])
         resumed = CheckpointMeta.from_dict(state.get("meta"), run_dir / "checkpoints")
         if resumed.local_frozen:
@@ -266,6 +266,7 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
         optimizer = build_optimizer(model, config, fine_tuned)
         if run_dir is None:
             run_dir = Path(all_gather_objects(str(new_run_dir(config)) if info.is_main else None, info)[0])
+    assert run_dir is not None  # a resumed run names its folder; a new one has just made it
     if info.is_main:
         save_config(config, run_dir / "config.yaml")
         if report:

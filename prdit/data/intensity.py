@@ -99,14 +99,17 @@ class IntensityMapping:
         unit = _clip((hu - low) / (high - low), 0.0, 1.0)
         return self.from_unit(unit) if self.mode == "paper" else unit * 2.0 - 1.0
 
+    def hu_range(self) -> tuple[float, float]:
+        """The HU that the two ends of :attr:`model_range` stand for (the way back is linear between them)."""
+        if self.mode == "hu":
+            return self.window
+        if self.reference_range is not None:
+            return self.reference_range
+        raise ValueError("paper-mode intensities need fit() on training volumes (or reference_range) to map back to HU")
+
     def to_hu(self, x: ArrayT) -> ArrayT:
         """Model space -> HU (values outside the model range are clipped first)."""
-        if self.mode == "hu":
-            low, high = self.window
-        elif self.reference_range is not None:
-            low, high = self.reference_range
-        else:
-            raise ValueError("paper-mode intensities need fit() on training volumes (or reference_range) to map back to HU")
+        low, high = self.hu_range()
         bottom, top = self.model_range
         return (_clip(x, bottom, top) - bottom) / (top - bottom) * (high - low) + low
 

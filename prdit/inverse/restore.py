@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -11,12 +13,15 @@ from prdit.inverse.operators import Operator
 from prdit.runtime import autocast_for
 
 
-def hu_affine(mapping) -> tuple[float, float]:
-    """(low, high): the HU that model-space -1 and 1 stand for, so HU = low + (x + 1) (high - low) / 2."""
-    low, high = mapping.window if mapping.mode == "hu" else (mapping.reference_range or (None, None))
-    if low is None or high is None:
-        raise PrditError("this checkpoint's intensity mapping has no HU range (paper mode without reference_range)")
-    return float(low), float(high)
+def linear_maps(mapping) -> tuple[Callable, Callable]:
+    """Model space <-> HU without the clipping of ``to_hu``: guidance moves estimates that may leave the range."""
+    try:
+        low, high = mapping.hu_range()
+    except ValueError:
+        raise PrditError("this checkpoint's intensity mapping has no HU range (paper mode without reference_range)") from None
+    bottom, top = mapping.model_range
+    scale = (high - low) / (top - bottom)
+    return (lambda x: low + (x - bottom) * scale), (lambda h: bottom + (h - low) / scale)
 
 
 def as_guidance(guidance: DataConsistency | int | None) -> DataConsistency:
@@ -48,11 +53,8 @@ def sample_posterior(
     op.check_measurement(y, volume_shape)
     if not torch.isfinite(y).all():
         raise PrditError("the measurement contains NaN or infinite values")
-    low, high = hu_affine(pipeline.mapping)
-    guide = measurement_guidance(
-        op, y.to(pipeline.device), to_hu=lambda x: low + (x + 1) * (high - low) / 2,
-        to_model=lambda h: (h - low) * 2 / (high - low) - 1, config=config,
-    )
+    to_hu, to_model = linear_maps(pipeline.mapping)
+    guide = measurement_guidance(op, y.to(pipeline.device), to_hu=to_hu, to_model=to_model, config=config)
     seeds = list(range(seed, seed + int(num_samples)))
     batch_size = batch_size or len(seeds)
     volumes = []

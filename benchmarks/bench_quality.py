@@ -14,13 +14,16 @@ real-vs-real floor (a second disjoint set of held-out phantoms of the same size)
 the K best contenders (by HU-histogram W1) with another seed (initialisation, batches, noise, samples).
 
 Smoke run: ``python -m benchmarks.bench_quality --minutes 0.2 --samples 4 --curve-samples 2 --points 2``;
-the documented run: see benchmarks/README.md.
+the documented run: see benchmarks/README.md. On a machine with several cores, run disjoint ``--contenders`` (or
+seeds) as separate one-thread processes with their own ``--name``, then ``--merge NAME ...`` joins their results
+into one table, one set of curves and one sample grid.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import time
 
@@ -117,7 +120,11 @@ def main() -> None:
     parser.add_argument("--second-seed-for", type=int, default=0, help="rerun the K best contenders with seed + 1")
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--name", default="quality_cpu")
+    parser.add_argument("--merge", nargs="+", metavar="NAME", help="join earlier runs' results/<NAME>.json into --name")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.name)
+        return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     load_before, began = os.getloadavg(), time.perf_counter()
     mapping = IntensityMapping("hu")
@@ -207,8 +214,39 @@ def main() -> None:
         "results": {str(seed): runs for seed, runs in results.items()},
     }
     print(f"wrote {common.write_json(args.name, payload)}")
+    np.savez_compressed(common.RESULTS_DIR / f"{args.name}_previews.npz", real=held_out[:6], **previews)
     plot_curves(payload, str(common.RESULTS_DIR / f"{args.name}_curves.png"))
     plot_samples(previews, held_out[:6], str(common.RESULTS_DIR / f"{args.name}_samples.png"))
+
+
+def merge(names: list[str], name: str) -> None:
+    """Join runs of the same protocol (same phantoms, budget and sampling) made as separate processes."""
+    payloads = [json.loads((common.RESULTS_DIR / f"{n}.json").read_text()) for n in names]
+    protocol = ("minutes", "points", "size", "train", "samples", "curve_samples", "steps", "batch", "lr", "bootstrap")
+    for other, n in zip(payloads[1:], names[1:]):
+        differing = [k for k in protocol if other["args"][k] != payloads[0]["args"][k]]
+        if differing:
+            raise SystemExit(f"error: {n}.json differs from {names[0]}.json in {', '.join(differing)}: not the same study")
+    results: dict = {}
+    for payload in payloads:
+        for seed, runs in payload["results"].items():
+            results.setdefault(seed, {}).update(runs)
+    merged = {**payloads[0], "results": results, "merged_from": names,
+              "wall_minutes": max(p["wall_minutes"] for p in payloads),
+              "load_average": {n: p["load_average"] for n, p in zip(names, payloads)}}
+    merged["args"] = {**payloads[0]["args"], "seed": min(int(s) for s in results), "contenders": sorted({k for r in results.values() for k in r})}
+    previews: dict = {}
+    for n in names:
+        with np.load(common.RESULTS_DIR / f"{n}_previews.npz") as stored:
+            real = stored["real"]
+            previews.update({key: stored[key] for key in stored.files if key != "real"})
+    print(f"wrote {common.write_json(name, merged)}")
+    for seed, runs in sorted(results.items()):
+        for kind, run in runs.items():
+            values = {key: lookup(run["offline"], key) for key in CURVES}
+            print(f"{LABELS[kind]} (seed {seed}): " + ", ".join(f"{key} {value:.4g}" for key, value in values.items() if value is not None))
+    plot_curves(merged, str(common.RESULTS_DIR / f"{name}_curves.png"))
+    plot_samples(dict(sorted(previews.items())), real, str(common.RESULTS_DIR / f"{name}_samples.png"))
 
 
 def plot_curves(payload: dict, path: str) -> None:

@@ -9,6 +9,7 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 from prdit.cli.evaluate import add_parser, script_main
+from prdit.errors import ConfigError
 from prdit.evaluation import evaluate_sets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,3 +169,21 @@ def test_seed_compatible_script_runs_as_a_file():
     for flag in ("--seed", "--save_path", "--batch_size", "--img_size", "--gpu_id", "--dataset", "--data_root_real",
                  "--data_root_fake_0", "--data_root_fake_1", "--train_size", "--val_size", "--eval"):
         assert flag in completed.stdout
+
+
+def test_offline_hu_window_leaves_no_error_for_values_a_windowed_model_cannot_make(tmp_path, rng, capsys):
+    """Real air at -1024 HU against a perfect model of the [-1000, 1000] window: W1 > 0 raw, exactly 0 windowed."""
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    real.mkdir(), fake.mkdir()
+    for index, volume in enumerate(_hu_set(rng, 4)):
+        volume[:4] = -1024.0
+        np.save(real / f"v{index}.npy", volume)
+        np.save(fake / f"v{index}.npy", np.clip(volume, -1000, 1000))
+    data = ["--data_root_real", str(real), "--data_root_fake", str(fake), "--bootstrap", "0"]
+    _run(["evaluate", "offline", *data, "--out", str(tmp_path / "raw.json")])
+    _run(["evaluate", "offline", *data, "--hu-window", "-1000", "1000", "--out", str(tmp_path / "windowed.json")])
+    raw, windowed = (json.loads((tmp_path / name).read_text()) for name in ("raw.json", "windowed.json"))
+    assert raw["hu_histogram"]["wasserstein_hu"] > 1.0 and raw["protocol"]["hu_window"] is None
+    assert windowed["hu_histogram"]["wasserstein_hu"] == 0.0 and windowed["protocol"]["hu_window"] == [-1000.0, 1000.0]
+    with pytest.raises(ConfigError, match="--hu-window"):
+        _run(["evaluate", "offline", *data, "--hu-window", "1000", "-1000"])

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from prdit.cli.common import add_device_argument, run_command
+from prdit.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------
 # Shared arguments and helpers
@@ -177,10 +178,15 @@ def _run_msssim(args: argparse.Namespace) -> None:
 def _add_offline_arguments(parser: argparse.ArgumentParser) -> None:
     _add_data_arguments(parser)
     parser.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for 95%% intervals, 0 for none (default 200)")
+    parser.add_argument("--hu-window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="clip both sets to the generating model's HU window first (e.g. -1000 1000): real CT holds "
+                        "values such a model can never produce (air at -1024 HU, dense bone), which would count as error")
     _add_output_arguments(parser)
 
 
 def _run_offline(args: argparse.Namespace) -> None:
+    import numpy as np
+
     from prdit.evaluation.data import check_same_shape
     from prdit.evaluation.descriptions import METRICS, metric_lines
     from prdit.evaluation.evaluate import base_protocol
@@ -189,7 +195,11 @@ def _run_offline(args: argparse.Namespace) -> None:
     out = _output_path(args)
     real, fake = _load(args, "data_root_real", "real"), _load(args, "data_root_fake", "fake")
     check_same_shape(real, fake)
-    real_stats, fake_stats = volume_statistics(real.volumes), volume_statistics(fake.volumes)
+    window = args.hu_window
+    if window is not None and not window[0] < window[1]:
+        raise ConfigError(f"--hu-window: LOW must be below HIGH, got {window[0]:g} {window[1]:g}")
+    clip = (lambda volumes: np.clip(volumes, *window)) if window else (lambda volumes: volumes)
+    real_stats, fake_stats = volume_statistics(clip(real.volumes)), volume_statistics(clip(fake.volumes))
     result = compare_statistics(real_stats, fake_stats)
     floor = real_floor(real_stats) if len(real) >= 4 else None
     described = [key.removeprefix("offline.") for key in METRICS if key.startswith("offline.")]
@@ -198,7 +208,8 @@ def _run_offline(args: argparse.Namespace) -> None:
     result["bootstrap_95"] = {key: list(interval) for key, interval in intervals.items()}
     result["protocol"] = {**base_protocol(real, fake, args.space, args.resize), "dataset": args.dataset,
                           "floor": "the same metrics between two random halves of the real set (None below 4 real volumes)",
-                          "bootstrap": f"percentile intervals over {args.bootstrap} resamples of both sets"}
+                          "bootstrap": f"percentile intervals over {args.bootstrap} resamples of both sets",
+                          "hu_window": list(window) if window else None}
     _emit("\n".join(metric_lines(result, floor, intervals, prefix="offline.")), result, out, args.overwrite)
 
 

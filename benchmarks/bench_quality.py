@@ -39,7 +39,7 @@ from prdit.evaluation.descriptions import lookup, metric_lines
 from prdit.evaluation.offline import bootstrap_intervals, compare_statistics, volume_statistics
 from prdit.train.ema import create_ema, ema_decay_at, update_ema
 
-CONTENDERS = ("prdit-2stage", "prdit-s1", "plain-dit", "unet")
+CONTENDERS = ("prdit-2stage", "prdit-s1", "plain-dit", "unet", "unet-ian")
 LABELS = {"prdit-2stage": "PRDiT two-stage", **common.LABELS}
 # metric -> (label, the value a perfect generator has: the floor is drawn instead when None)
 CURVES = {
@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="network calls per generated volume")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS[:4]), choices=CONTENDERS,
+                        help="unet-ian: the U-Net trained with PRDiT's IaN loss and sampler instead of DDPM (not run by default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--second-seed-for", type=int, default=0, help="rerun the K best contenders with seed + 1")
     parser.add_argument("--bootstrap", type=int, default=500, help="bootstrap resamples for the 95%% intervals")
@@ -179,7 +180,7 @@ def main() -> None:
                 out["prdit-2stage"]["training"] = {"stage1": half[1], "stage2": stage2.summary(),
                                                    "cpu_seconds": half[1]["cpu_seconds"] + stage2.cpu_seconds}
                 out["prdit-2stage"]["model"] = stage2.ema
-        for kind in {"plain-dit", "unet"} & set(kinds):
+        for kind in [kind for kind in ("plain-dit", "unet", "unet-ian") if kind in kinds]:
             run = Run(bench(kind), seed)
             for mark in marks:
                 run.train_until(data, mark)

@@ -9,6 +9,9 @@ Compared models (``MODEL_KINDS``), all trained on the same [B, 1, D, H, W] volum
 - ``unet``: MONAI's 3D ``DiffusionModelUNet`` with DDPM (epsilon prediction, linear betas), base width chosen to
   match the full PRDiT's parameter count.
 
+``build_bench`` also takes ``unet-ian``: the same U-Net with two output channels trained with PRDiT's IaN loss
+(and sampled with its samplers), which separates the network from the training objective in the quality study.
+
 Memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) over the first steps; on CPU the
 peak-RSS growth (VmHWM, reset through /proc/self/clear_refs) over the first step of a model built in a fresh
 subprocess, since tracemalloc does not see torch's allocations. Both count what training adds to the built
@@ -52,6 +55,7 @@ LABELS = {
     "prdit-s2": "PRDiT stage 2",
     "plain-dit": "plain 3D DiT",
     "unet": "MONAI 3D U-Net (DDPM)",
+    "unet-ian": "MONAI 3D U-Net (IaN loss)",
 }
 
 
@@ -101,7 +105,7 @@ class PlainDiT(nn.Module):
 class UNetDDPM(nn.Module):
     """MONAI ``DiffusionModelUNet`` (3D) trained with DDPM noise prediction, as a MONAI user would."""
 
-    def __init__(self, base: int, grad_checkpoint: bool = False) -> None:
+    def __init__(self, base: int, grad_checkpoint: bool = False, out_channels: int = 1) -> None:
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet
         from monai.networks.schedulers import DDPMScheduler
@@ -109,7 +113,7 @@ class UNetDDPM(nn.Module):
         if grad_checkpoint:
             raise ValueError("MONAI's DiffusionModelUNet has no activation-checkpointing option")
         self.net = DiffusionModelUNet(
-            spatial_dims=3, in_channels=1, out_channels=1, channels=unet_channels(base), num_res_blocks=2,
+            spatial_dims=3, in_channels=1, out_channels=out_channels, channels=unet_channels(base), num_res_blocks=2,
             attention_levels=(False, False, False, True), norm_num_groups=math.gcd(base, 32), num_head_channels=base,
             use_flash_attention=torch.cuda.is_available(),
         )
@@ -205,9 +209,9 @@ def build_bench(kind: str, preset: Preset, input_size: int, batch: int, device: 
         depth = matched_dit_depth(preset, input_size, target)
         model = PlainDiT(input_size, preset.patch, preset.stride, hidden, heads, depth, grad_checkpoint=grad_checkpoint)
         description = f"DiT width {hidden}, depth {depth}, {preset.patch}^3 windows stride {preset.stride}"
-    elif kind == "unet":
+    elif kind in ("unet", "unet-ian"):
         base = matched_unet_base(target)
-        model = UNetDDPM(base)
+        model = UNetDDPM(base, out_channels=1 if kind == "unet" else 2)  # unet-ian: [eps_hat, x0_hat] like PRDiT
         description = f"DiffusionModelUNet channels {unet_channels(base)}, 2 res blocks, attention at 1/8"
     else:
         raise ValueError(f"unknown model kind {kind!r}; choose from {', '.join(MODEL_KINDS)}")

@@ -129,6 +129,7 @@ class LoadReport:
     new: list[str] = field(default_factory=list)  # in the model, not in the checkpoint: keep their fresh init
     reshaped: list[str] = field(default_factory=list)  # in both with different shapes: fresh init
     unused: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
+    intensity: dict | None = None  # the HU -> model-space mapping the weights were trained with (prdit checkpoints)
 
     def summary(self) -> str:
         parts = [f"{len(self.loaded)} loaded", f"{len(self.new)} new"]
@@ -156,7 +157,7 @@ def load_pretrained(model: PRDiT, path: str | os.PathLike, weights: str = "ema")
     if source is None:
         raise CheckpointError(f"{path}: no '{weights}' weights in the checkpoint")
     target = model.state_dict()
-    report = LoadReport()
+    report = LoadReport(intensity=None if is_official_checkpoint(state) else state.get("meta", {}).get("intensity"))
     for key, tensor in target.items():
         if key not in source:
             report.new.append(key)

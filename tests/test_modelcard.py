@@ -11,6 +11,7 @@ from prdit.config import load_config
 from prdit.demo import CONFIG_DIR, SHIPPED_WEIGHTS
 from prdit.io import sha256_file
 from prdit.modelcard import model_card, read_metrics
+from prdit.sample import load_pipeline
 
 
 def front_matter(card: str) -> dict:
@@ -27,9 +28,10 @@ def test_card_of_the_shipped_model_states_what_it_is_and_is_not(tmp_path):
     front = front_matter(card)
     assert front["license"] == "apache-2.0" and {"medical-imaging", "ct", "diffusion", "3d"} <= set(front["tags"])
     assert sha256_file(SHIPPED_WEIGHTS) in card and "PRDiT-T/6/2" in card
-    assert "32³ voxels at 11.25 × 11.25 × 11.25 mm" in card and "HU clipped to [-1000, 1000]" in card
     with safe_open(SHIPPED_WEIGHTS, "pt") as weights:
         trained_steps = weights.metadata()["step"]
+    low, high = load_pipeline(SHIPPED_WEIGHTS).mapping.window
+    assert "32³ voxels at 11.25 × 11.25 × 11.25 mm" in card and f"HU clipped to [{low:g}, {high:g}]" in card
     assert "procedural chest-CT phantoms" in card and f"**Training**: {trained_steps} steps" in card
     assert "| HU histogram distance (Wasserstein-1) (HU) | ↓ | 39.9 | 4.00 |" in card
     assert "Not for diagnosis" in card and "synthetic phantoms" in card

@@ -215,3 +215,12 @@ def test_bf16_on_cpu_follows_the_fp32_loss_curve(blob_data, tmp_path):
     assert len(losses["bf16"]) == 4 and np.isfinite(losses["bf16"]).all()
     assert not np.array_equal(losses["bf16"], losses["fp32"])  # autocast really changed the arithmetic
     np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.05)
+
+
+def test_stage2_refuses_stage1_weights_trained_on_another_hu_window(blob_data, tmp_path):
+    train(make_config(blob_data, tmp_path, total_steps=2), quiet())
+    config = make_config(blob_data, tmp_path, model="PRDiT-T/6/1", total_steps=1).with_pretrained(tmp_path / "*-PRDiT-T-6-0")
+    config.data.hu_window = (-1000.0, 1000.0)  # the stage-1 run above mapped the default [-1000, 2000]
+    with pytest.raises(ConfigError, match=r"trained on HU window \[-1000, 2000\].*maps HU window \[-1000, 1000\].*data.hu_window"):
+        train(config, quiet())
+    assert load_checkpoint(train(config, quiet(allow_config_change=True)))["meta"]["intensity"]["window"] == [-1000.0, 1000.0]

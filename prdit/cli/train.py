@@ -27,8 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-from", "--init_from", dest="init_from", default=None,
                         help="checkpoint or run folder to initialise from (e.g. a 128^3 run for a 256^3 model)")
     parser.add_argument("--allow-config-change", dest="allow_config_change", action="store_true",
-                        help="resume with settings that break an exact continuation (e.g. another training.lr); "
-                             "each change is printed and logged in the run's log.jsonl")
+                        help="resume with settings that break an exact continuation (e.g. another training.lr), or start "
+                             "from pretrained weights trained on another intensity mapping; each change is printed "
+                             "(and on resume logged in the run's log.jsonl)")
     parser.add_argument("--run-dir", dest="run_dir", default=None, help="run folder to resume (default: the newest run of this config)")
     parser.add_argument("--stages", choices=["both"], default=None,
                         help="both: run the stage-1 config, then the stage-2 config initialised from its checkpoint")

@@ -113,6 +113,16 @@ class IntensityMapping:
         bottom, top = self.model_range
         return (_clip(x, bottom, top) - bottom) / (top - bottom) * (high - low) + low
 
+    def definition(self) -> tuple:
+        """What a config fixes about the mapping (not what fitting on data adds): equal means interchangeable."""
+        return (self.mode, self.scale, tuple(self.window) if self.mode == "hu" else self.percentile)
+
+    def describe(self) -> str:
+        low, high = self.model_range
+        source = f"HU window [{self.window[0]:g}, {self.window[1]:g}]" if self.mode == "hu" else \
+            f"per-volume min-max (percentile {self.percentile:g})"
+        return f"{source} -> [{low:g}, {high:g}]"
+
     def to_dict(self) -> dict:
         return {
             "mode": self.mode,

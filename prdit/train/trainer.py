@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, LoadReport, load_checkpoint, load_pretrained, write_checkpoint
 from prdit.config import Config, TrainingConfig, config_differences, config_from_dict, save_config
-from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_data
+from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_data, mapping_from_config
+from prdit.data.intensity import IntensityMapping
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import ConfigError, PrditError
 from prdit.io import ensure_writable, remove_temp_files
@@ -137,9 +138,27 @@ def initialise_from_pretrained(model, config: Config, options: TrainOptions) -> 
             )
         return None
     report = load_pretrained(model, path, weights=config.model.pretrained_weights)
+    check_pretrained_intensity(report, config, path, options.allow_config_change)
     if model.depth > 0:
         model.freeze_local_denoiser()
     return report
+
+
+def check_pretrained_intensity(report: LoadReport, config: Config, path, allow: bool) -> None:
+    """Refuse weights trained on another HU -> model-space mapping: the loaded (for stage 2: frozen) network would
+    see rescaled intensities. ``allow`` (``--allow-config-change``) continues anyway, to re-learn the scale."""
+    if report.intensity is None:
+        return
+    trained, here = IntensityMapping.from_dict(report.intensity), mapping_from_config(config.data)
+    if trained.definition() == here.definition():
+        return
+    described = {"trained": trained.describe(), "here": here.describe()}
+    if not allow:
+        raise ConfigError(
+            f"{path} was trained on {described['trained']}, but this run maps {described['here']}: set data.hu_window "
+            f"(and data.intensity) to match, or pass --allow-config-change to re-learn the intensity scale on purpose"
+        )
+    print(f"[prdit] note: {path} was trained on {described['trained']}; this run maps {described['here']} (allowed)")
 
 
 def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim.Optimizer:

@@ -198,8 +198,8 @@ def _run_offline(args: argparse.Namespace) -> None:
     window = args.hu_window
     if window is not None and not window[0] < window[1]:
         raise ConfigError(f"--hu-window: LOW must be below HIGH, got {window[0]:g} {window[1]:g}")
-    clip = (lambda volumes: np.clip(volumes, *window)) if window else (lambda volumes: volumes)
-    real_stats, fake_stats = volume_statistics(clip(real.volumes)), volume_statistics(clip(fake.volumes))
+    real_volumes, fake_volumes = (np.clip(v, *window) for v in (real.volumes, fake.volumes)) if window else (real.volumes, fake.volumes)
+    real_stats, fake_stats = volume_statistics(real_volumes), volume_statistics(fake_volumes)
     result = compare_statistics(real_stats, fake_stats)
     floor = real_floor(real_stats) if len(real) >= 4 else None
     described = [key.removeprefix("offline.") for key in METRICS if key.startswith("offline.")]

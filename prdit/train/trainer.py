@@ -152,13 +152,12 @@ def check_pretrained_intensity(report: LoadReport, config: Config, path, allow: 
     trained, here = IntensityMapping.from_dict(report.intensity), mapping_from_config(config.data)
     if trained.definition() == here.definition():
         return
-    described = {"trained": trained.describe(), "here": here.describe()}
     if not allow:
         raise ConfigError(
-            f"{path} was trained on {described['trained']}, but this run maps {described['here']}: set data.hu_window "
+            f"{path} was trained on {trained.describe()}, but this run maps {here.describe()}: set data.hu_window "
             f"(and data.intensity) to match, or pass --allow-config-change to re-learn the intensity scale on purpose"
         )
-    print(f"[prdit] note: {path} was trained on {described['trained']}; this run maps {described['here']} (allowed)")
+    print(f"[prdit] note: {path} was trained on {trained.describe()}; this run maps {here.describe()} (allowed)")
 
 
 def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim.Optimizer:

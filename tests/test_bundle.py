@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_inference_config_builds_prdit_objects_by_target():
     meta = CheckpointMeta.from_dict(load_exported(SHIPPED_WEIGHTS)["meta"], SHIPPED_WEIGHTS)
     config = inference_config(meta)
-    assert config["network_def"]["_target_"] == "prdit.models.create_model" and config["network_def"]["name"] == "PRDiT-T/6/2"
+    assert config["network_def"]["_target_"] == "prdit.models.create_model" and config["network_def"]["name"] == meta.model_name
     assert config["diffusion"]["_target_"] == "prdit.diffusion.create_diffusion"
     assert config["pipeline"]["_target_"] == "prdit.sample.Pipeline"
     from monai.bundle import ConfigParser
@@ -56,7 +56,7 @@ def test_monai_bundle_run_samples_the_same_volume_as_prdit(tmp_path):
     assert produced.array.shape == (32, 32, 32) and produced.spacing == expected.spacing
     np.testing.assert_array_equal(produced.array, expected.array)
     sidecar = json.loads((bundle / "eval" / "sample_000003.json").read_text())
-    assert sidecar["steps"] == 2 and sidecar["model"] == "PRDiT-T/6/2"
+    assert sidecar["steps"] == 2 and sidecar["model"] == load_pipeline(SHIPPED_WEIGHTS).model.name
 
 
 def test_bundle_folder_is_never_overwritten(tmp_path):

@@ -27,10 +27,11 @@ def test_card_of_the_shipped_model_states_what_it_is_and_is_not(tmp_path):
     card = model_card(SHIPPED_WEIGHTS, metrics=tmp_path / "m.json", config=config)
     front = front_matter(card)
     assert front["license"] == "apache-2.0" and {"medical-imaging", "ct", "diffusion", "3d"} <= set(front["tags"])
-    assert sha256_file(SHIPPED_WEIGHTS) in card and "PRDiT-T/6/2" in card
+    shipped = load_pipeline(SHIPPED_WEIGHTS)
+    assert sha256_file(SHIPPED_WEIGHTS) in card and shipped.model.name in card
     with safe_open(SHIPPED_WEIGHTS, "pt") as weights:
         trained_steps = weights.metadata()["step"]
-    low, high = load_pipeline(SHIPPED_WEIGHTS).mapping.window
+    low, high = shipped.mapping.window
     assert "32³ voxels at 11.25 × 11.25 × 11.25 mm" in card and f"HU clipped to [{low:g}, {high:g}]" in card
     assert "procedural chest-CT phantoms" in card and f"**Training**: {trained_steps} steps" in card
     assert "| HU histogram distance (Wasserstein-1) (HU) | ↓ | 39.9 | 4.00 |" in card

@@ -51,12 +51,13 @@ def test_monai_bundle_run_samples_the_same_volume_as_prdit(tmp_path):
     result = subprocess.run(command, cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     produced = load_volume(bundle / "eval" / "sample_000003.nii.gz")
-    sample_to_folder(load_pipeline(SHIPPED_WEIGHTS, device="cpu"), tmp_path / "prdit", 1, seed=3, steps=2, progress=False)
+    reference = load_pipeline(SHIPPED_WEIGHTS, device="cpu")
+    sample_to_folder(reference, tmp_path / "prdit", 1, seed=3, steps=2, progress=False)
     expected = load_volume(tmp_path / "prdit" / "sample_000003.nii.gz")
     assert produced.array.shape == (32, 32, 32) and produced.spacing == expected.spacing
     np.testing.assert_array_equal(produced.array, expected.array)
     sidecar = json.loads((bundle / "eval" / "sample_000003.json").read_text())
-    assert sidecar["steps"] == 2 and sidecar["model"] == load_pipeline(SHIPPED_WEIGHTS).model.name
+    assert sidecar["steps"] == 2 and sidecar["model"] == reference.model.name
 
 
 def test_bundle_folder_is_never_overwritten(tmp_path):

@@ -268,8 +268,8 @@ def write_index(out_dir: Path, metrics: dict, floor: dict | None, timings: dict,
         "",
         "## How the shipped phantom model was made",
         f"`{SHIPPED_WEIGHTS.name}` was trained by this project's own code in several runs: `configs/phantom/local.yaml` "
-        "(the recipe `prdit demo --train-full` runs), then the continuations in `configs/phantom/`. The README's section "
-        "\"How the shipped weights were made\" lists the commands; the seeds are in the configs.",
+        "(the recipe `prdit demo --train-full` runs), then the continuations in `configs/phantom/`. The page docs/shipped-model.md "
+        "(\"How the shipped weights were made\") lists the commands; the seeds are in the configs.",
     ]
     path = out_dir / "index.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

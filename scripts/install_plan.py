@@ -2,7 +2,7 @@
 
     bash scripts/install.sh --demo [demo flags]     install, then `prdit demo`
     bash scripts/install.sh --test [pytest flags]   install with the test extra, then `pytest -q`
-    bash scripts/install.sh [--dev]                 install only
+    bash scripts/install.sh [--dev]                 install only (--dev: with the test and documentation extras)
 
 This file runs before anything is installed, so it uses the standard library only. What it does is decided by
 ``plan`` and ``torch_sources``, pure functions of facts about the machine (tested for every combination in
@@ -277,8 +277,8 @@ def install(project: Path, dev: bool) -> str:
                   f"(https://pytorch.org/get-started/locally/) and run this again", file=sys.stderr)
             sys.exit(1)
 
-    extras = "[dev]" if dev else ""
-    say(f"installing prdit (editable) and its dependencies{extras and ' with the test extra'} "
+    extras = "[dev,docs]" if dev else ""
+    say(f"installing prdit (editable) and its dependencies{extras and ' with the test and documentation extras'} "
         f"({'already installed: checking' if decision.quiet else SIZE_DEPENDENCIES})")
     if not pip(python, ["-e", f"{project}{extras}"], quiet=decision.quiet):
         sys.exit(1)

@@ -1,6 +1,6 @@
 """Faults and bad input, made for real: a full disk, a read-only folder, a NaN volume behind DataLoader workers, a 2D
 NIfTI, unreadable DICOM, a pickle that would run code, ... Each gives one line ``prdit: error: ...`` naming the file
-and the fix, exit status 2, and loses or overwrites nothing. The README's table "Guarantees under faults" lists
+and the fix, exit status 2, and loses or overwrites nothing. The table "Guarantees under faults" of docs/faults.md lists
 these tests by name.
 
 A full disk and a read-only folder are real tmpfs mounts in a private mount namespace (``unshare -rm``): the
@@ -550,12 +550,12 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical_20_seeds(seed,
     kill_and_resume(seed, uninterrupted, tmp_path, kills=4)
 
 
-def test_every_row_of_the_readme_guarantees_names_a_test_that_exists():
+def test_every_row_of_the_documented_guarantees_names_a_test_that_exists():
     import ast
     import re
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Guarantees under faults", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "faults.md").read_text()
+    section = page.split("## Guarantees under faults", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Fault")]
     defined = {node.name for module in ("test_faults.py", "test_fuzz.py")
                for node in ast.walk(ast.parse((ROOT / "tests" / module).read_text())) if isinstance(node, ast.FunctionDef)}

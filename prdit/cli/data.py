@@ -1,4 +1,5 @@
-"""``prdit data phantom|lidc|rad|split``: procedural phantoms, real CT data and train/val lists."""
+"""``prdit data phantom|lidc|rad|import|qc|split``: procedural phantoms, real CT data, any folder of scans, its
+quality-check page and train/val lists."""
 
 from __future__ import annotations
 
@@ -96,6 +97,72 @@ def _run_rad(args: argparse.Namespace) -> None:
     _print_summary(summary, args.out, args.normalize)
 
 
+def _run_import(args: argparse.Namespace) -> None:
+    from prdit.data.collection import ImportOptions, import_collection
+
+    options = ImportOptions(size=args.size, spacing=args.spacing, crop=args.crop, hu_offset=args.hu_offset)
+    summary, (n_train, n_val) = import_collection(
+        args.src, args.out, options, workers=args.workers, overwrite=args.overwrite, progress=args.progress
+    )
+    print(f"{summary.ok} volume(s) written, {summary.skipped} refused, {summary.kept} kept from an earlier run")
+    for reason in summary.reasons:
+        print(f"  refused {reason}")
+    print(f"manifest: {summary.manifest}\nrefused scans and unreadable files: {summary.report}")
+    print(f"train.txt: {n_train} volume(s), val.txt: {n_val} (duplicates and near-empty scans left out)")
+    print(f"next: prdit data qc {args.out} --out {args.out}/qc.html, then train with data.dataset=folder data.root={args.out} "
+          f"data.image_size={args.size}")
+
+
+def _run_qc(args: argparse.Namespace) -> None:
+    from prdit.report.qc import write_qc_page
+
+    path = write_qc_page(args.folder, args.out, overwrite=args.overwrite)
+    print(f"wrote {path}")
+
+
+def _add_import_parsers(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "import",
+        help="any folder of CT scans (NIfTI, NRRD, MHA/MHD, DICOM) -> training volumes + manifest + split",
+        description=(
+            "Find every CT scan under --src, recursively (NIfTI, NRRD, MHA/MHD, DICOM series), check that it holds HU, "
+            "reorient it to LPS, resample it linearly to --spacing mm and crop (body bounding box, centre, or none: the "
+            "whole scan) or pad with air to --size^3. Writes OUT/volumes/*.nii.gz (int16 HU), OUT/manifest.csv (source, "
+            "original shape, spacing, orientation, what was done, flags, checksums), OUT/skipped.csv (every refused "
+            "scan with its reason) and OUT/train.txt / OUT/val.txt (by patient where DICOM gives patient IDs; "
+            "duplicates and near-empty scans left out). A rerun skips finished scans; --src is never written."
+        ),
+    )
+    parser.add_argument("--src", required=True, help="source folder (read only, never modified)")
+    parser.add_argument("--out", required=True, help="output folder (not inside --src)")
+    parser.add_argument("--size", type=int, default=128, help="edge of the output cube in voxels (default 128)")
+    parser.add_argument("--spacing", type=float, default=1.5, help="isotropic output spacing in mm (default 1.5)")
+    parser.add_argument("--crop", choices=["body", "center", "none"], default="body",
+                        help="cube centred on the body's bounding box (default), on the scan's centre, or none: the "
+                        "whole scan, at a coarser spacing when it does not fit")
+    parser.add_argument("--hu-offset", dest="hu_offset", type=float, default=None,
+                        help="add this to scans without air (no value below -500), e.g. -1024 for CT stored without "
+                        "its rescale intercept; scans already in HU are left alone")
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--overwrite", action="store_true", help="redo every scan, replacing earlier outputs")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (for logs)")
+    parser.set_defaults(func=_run_import)
+
+    qc = subparsers.add_parser(
+        "qc",
+        help="one HTML page to look at an imported folder: three-plane montage, HU histogram and flags per volume",
+        description=(
+            "Write one self-contained HTML page for a folder made by `prdit data import` (or lidc/rad): per volume its "
+            "central axial, coronal and sagittal slices, its HU histogram and its flags, then every refused scan with "
+            "its reason, so that bad scans are seen before training."
+        ),
+    )
+    qc.add_argument("folder", help="folder with manifest.csv (the --out of `prdit data import`)")
+    qc.add_argument("--out", default=None, help="HTML file to write (default FOLDER/qc.html)")
+    qc.add_argument("--overwrite", action="store_true", help="replace an existing page")
+    qc.set_defaults(func=_run_qc)
+
+
 def _run_split(args: argparse.Namespace) -> None:
     from prdit.data.manifest import write_split
 
@@ -105,7 +172,7 @@ def _run_split(args: argparse.Namespace) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser(
-        "data", help="prepare data: phantoms, LIDC-IDRI, RAD-ChestCT, train/val splits",
+        "data", help="prepare data: phantoms, LIDC-IDRI, RAD-ChestCT, any folder of scans, QC page, train/val splits",
         description="Prepare training data: NIfTI volumes in HU with their real geometry, manifests and train/val lists.",
     )
     subparsers = data.add_subparsers(dest="data_command", metavar="SOURCE", required=True)
@@ -152,6 +219,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     rad.add_argument("--paper-crop", type=int, default=256,
                      help="--normalize paper: edge of the centre crop zoomed to --size (default 256, as the official script)")
     rad.set_defaults(func=_run_rad)
+    _add_import_parsers(subparsers)
 
     split = subparsers.add_parser(
         "split",

@@ -15,12 +15,14 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from prdit.errors import DataError
 from prdit.io import atomic_write_text
 
+T = TypeVar("T", Path, str)
 STATUS_OK = "ok"
 STATUS_SKIPPED = "skipped"
 
@@ -46,6 +48,12 @@ class ManifestRow:
     normalize: str = ""
     reason: str = ""  # why a case was skipped
     notes: str = ""  # what was repaired (duplicate slices, interpolated gaps, unreadable files)
+    patient_id: str = ""
+    orientation: str = ""  # of the source's axes, e.g. LPS, RAS, "LPS oblique" (prdit data import)
+    actions: str = ""  # what was done to the scan (prdit data import)
+    flags: str = ""  # near-empty, truncated, duplicate (prdit data import)
+    pixel_hash: str = ""  # of the source's values (prdit data import: duplicate detection)
+    checksum: str = ""  # SHA-256 of the output file
 
 
 _LIST_FIELDS = {"original_shape": int, "original_spacing": float, "output_shape": int, "output_spacing": float}
@@ -117,7 +125,7 @@ def ok_outputs(manifest: str | os.PathLike) -> list[Path]:
     return outputs
 
 
-def split_paths(paths: list[Path], val_count: int, seed: int = 42) -> tuple[list[Path], list[Path]]:
+def split_paths(paths: list[T], val_count: int, seed: int = 42) -> tuple[list[T], list[T]]:
     """Deterministic shuffle with ``seed`` (``default_rng(seed)`` is ``Generator(PCG64(seed))``); the first ``val_count``
     are validation."""
     order = np.random.default_rng(seed).permutation(len(paths))

@@ -107,13 +107,18 @@ def write_checkpoint(state: dict, checkpoint_dir: Path, keep_last: int, is_best:
     path = save_checkpoint(state, checkpoint_dir / f"step-{state['step']:07d}.pt")
     point_latest(path)
     if is_best:
-        save_checkpoint(state, checkpoint_dir / "best.pt")
+        write_best(state, checkpoint_dir)
     steps = sorted(
         (int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))
     )
     for _, old in steps[:-keep_last]:
         old.unlink()
     return path
+
+
+def write_best(state: dict, checkpoint_dir: Path) -> Path:
+    """Save ``best.pt``: the weights of the best validation so far (also between checkpoint steps)."""
+    return save_checkpoint(state, checkpoint_dir / "best.pt")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from prdit import __version__
-from prdit.checkpoint import CheckpointMeta, LoadReport, load_checkpoint, load_pretrained, write_checkpoint
+from prdit.checkpoint import CheckpointMeta, LoadReport, load_checkpoint, load_pretrained, write_best, write_checkpoint
 from prdit.config import Config, TrainingConfig, config_differences, config_from_dict, save_config
 from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_data, mapping_from_config
 from prdit.data.intensity import IntensityMapping
@@ -179,6 +179,15 @@ def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim
     )
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Adam's moments and step counts from a checkpoint; the hyperparameters (LR, betas, weight decay) stay the
+    configured ones, so a resumed run with a new ``training.lr`` uses it (as nanoGPT)."""
+    configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, configured):
+        group.update(settings)
+
+
 @torch.no_grad()
 def validation_mse(
     model, diffusion, volumes: torch.Tensor, noise_level: float, seed: int, autocast, timestep: float | None = None
@@ -232,6 +241,7 @@ class Run:
     eval_volumes: torch.Tensor
     fine_tuned: list[str]
     trainable: list[torch.nn.Parameter]
+    lr_plan: LRPlan
     start_step: int = 0
     best_val: float = math.inf
     running_loss: float | None = None
@@ -271,17 +281,11 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
         if resumed.local_frozen:
             model.freeze_local_denoiser()
         fine_tuned = resumed.fine_tuned
-        ema = create_ema(model)
-        ema.load_state_dict(state["ema"])
-        optimizer = build_optimizer(model, config, fine_tuned)
-        optimizer.load_state_dict(state["optimizer"])
         start_step, best_val = state["step"], state["best_val"]
         running_loss, skipped = state.get("running_loss"), state.get("skipped", 0)
     else:
         report = initialise_from_pretrained(model, config, options)
         fine_tuned = report.loaded if report else []
-        ema = create_ema(model)
-        optimizer = build_optimizer(model, config, fine_tuned)
         if run_dir is None:
             run_dir = Path(all_gather_objects(str(new_run_dir(config)) if info.is_main else None, info)[0])
     assert run_dir is not None  # a resumed run names its folder; a new one has just made it
@@ -295,7 +299,15 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     if changes:
         logger.log({"step": start_step, "config_changes": {key: list(values) for key, values in changes.items()}})
 
+    # Wrapping broadcasts rank 0's weights to every rank, so the EMA is copied after it (all ranks then agree).
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else None
+    ema = create_ema(model)
+    optimizer = build_optimizer(model, config, fine_tuned)
+    lr_plan = LRPlan(tcfg.total_steps)
+    if state is not None:
+        ema.load_state_dict(state["ema"])
+        load_optimizer_state(optimizer, state["optimizer"])
+        lr_plan = resumed_lr_plan(state, tcfg)
     network: torch.nn.Module = ddp if ddp is not None else model
     if tcfg.compile:
         network = cast(torch.nn.Module, torch.compile(network))
@@ -314,20 +326,47 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
         set_rng_state(ranks[info.rank] if info.rank < len(ranks) else ranks[0])
     return Run(config, info, run_dir, diffusion, model, network, ddp, ema, optimizer, train_set, sampler, batches,
                autocast_for(tcfg.precision, info.device), logger, eval_volumes, fine_tuned,
-               [p for p in model.parameters() if p.requires_grad], start_step, best_val, running_loss, skipped)
+               [p for p in model.parameters() if p.requires_grad], lr_plan, start_step, best_val, running_loss, skipped)
 
 
-def lr_factor(step: int, tcfg: TrainingConfig) -> float:
+@dataclass(frozen=True)
+class LRPlan:
+    """Where the cosine decay runs: its progress goes linearly from ``start_progress`` at ``start_step`` (or the
+    end of warm-up) to 1 at step ``total_steps - 1``. A fresh run starts from 0; a run resumed with another
+    ``training.total_steps`` re-plans from the progress it had reached, so its LR continues without a jump."""
+
+    total_steps: int
+    start_step: int = 0
+    start_progress: float = 0.0
+
+
+def cosine_progress(step: int, tcfg: TrainingConfig, plan: LRPlan) -> float:
+    begin = max(plan.start_step, tcfg.warmup_steps)
+    progress = plan.start_progress + (1 - plan.start_progress) * max(0, step - begin) / max(1, plan.total_steps - 1 - begin)
+    return min(1.0, progress)
+
+
+def lr_factor(step: int, tcfg: TrainingConfig, plan: LRPlan | None = None) -> float:
     """The LR at ``step`` (0-based) as a fraction of the base LR: linear warm-up, then constant or cosine decay.
 
-    A function of the step alone, so a resumed run follows the same schedule.
+    A function of the step and the run's plan (stored in its checkpoints), so a resumed run follows the same schedule.
     """
     warmup = min(1.0, (step + 1) / tcfg.warmup_steps) if tcfg.warmup_steps else 1.0
     if tcfg.lr_schedule == "constant":
         return warmup
-    progress = max(0, step - tcfg.warmup_steps) / max(1, tcfg.total_steps - 1 - tcfg.warmup_steps)
+    progress = cosine_progress(step, tcfg, plan or LRPlan(tcfg.total_steps))
     final = tcfg.final_lr_fraction
-    return warmup * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    return warmup * (final + (1 - final) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def resumed_lr_plan(state: dict, tcfg: TrainingConfig) -> LRPlan:
+    """The checkpoint's LR plan (older checkpoints: the one of their ``training.total_steps``), re-planned from the
+    resumed step when ``training.total_steps`` changed."""
+    saved_total = (state.get("config") or {}).get("training", {}).get("total_steps", tcfg.total_steps)
+    plan = LRPlan(**state["lr_plan"]) if state.get("lr_plan") else LRPlan(saved_total)
+    if plan.total_steps == tcfg.total_steps:
+        return plan
+    return LRPlan(tcfg.total_steps, state["step"], cosine_progress(state["step"], tcfg, plan))
 
 
 def train_step(run: Run, step: int) -> float | None:
@@ -335,7 +374,7 @@ def train_step(run: Run, step: int) -> float | None:
     skipped because the loss or gradient was non-finite or the loss spiked. Logs either."""
     tcfg, info = run.config.training, run.info
     for group in run.optimizer.param_groups:
-        group["lr"] = group["base_lr"] * lr_factor(step, tcfg)
+        group["lr"] = group["base_lr"] * lr_factor(step, tcfg, run.lr_plan)
     offsets = run.sampler.micro_offsets(step)
     accumulation = len(offsets)
     loss_sum = torch.zeros((), device=info.device)
@@ -385,26 +424,32 @@ def checkpoint_state(run: Run, step: int) -> dict:
     )
     return {"model": model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
             "epoch": step * tcfg.global_batch_size // len(run.train_set), "best_val": run.best_val, "rng": rng,
-            "running_loss": run.running_loss, "skipped": run.skipped,
+            "running_loss": run.running_loss, "skipped": run.skipped, "lr_plan": asdict(run.lr_plan),
             "config": config.to_dict(), "meta": meta.to_dict(), "version": __version__}
 
 
 def maybe_evaluate_and_checkpoint(run: Run, done: int) -> None:
-    """Validation MSE (and stage-2 previews) every ``eval_every`` steps, a checkpoint every ``ckpt_every``, both at the end."""
+    """Validation MSE (and stage-2 previews) every ``eval_every`` steps, a checkpoint every ``ckpt_every``, both at the
+    end, and ``best.pt`` whenever validation finds a new best."""
     lcfg, tcfg, info = run.config.logging, run.config.training, run.info
     last = done == tcfg.total_steps
     is_best = False
     if done % lcfg.eval_every == 0 or last:
-        val = validation_mse(run.ema, run.diffusion, run.eval_volumes, lcfg.eval_noise_level, tcfg.seed, run.autocast,
-                             lcfg.eval_timestep)
+        # Every rank holds the same EMA: rank 0 validates and tells the others.
+        score = validation_mse(run.ema, run.diffusion, run.eval_volumes, lcfg.eval_noise_level, tcfg.seed, run.autocast,
+                               lcfg.eval_timestep) if info.is_main else None
+        val = float(all_gather_objects(score, info)[0])
         is_best, run.best_val = val < run.best_val, min(val, run.best_val)
         run.logger.log({"step": done, "val_mse": val})
         if info.is_main and run.model.depth > 0 and lcfg.num_preview_samples:
             save_previews(run.ema, run.diffusion, run.train_set, run.run_dir, done, lcfg.num_preview_samples, info.device, run.autocast)
-    if done % lcfg.ckpt_every == 0 or last:
+    periodic = done % lcfg.ckpt_every == 0 or last
+    if periodic or is_best:  # best.pt is written when the best is found: the next checkpoint step may be worse
         state = checkpoint_state(run, done)
-        if info.is_main:
+        if info.is_main and periodic:
             write_checkpoint(state, run.run_dir / "checkpoints", run.config.output.keep_last, is_best=is_best)
+        elif info.is_main:
+            write_best(state, run.run_dir / "checkpoints")
         barrier(info)
 
 

@@ -74,27 +74,33 @@ def _w1(weights: str, out: Path, samples: int) -> float:
     return float(json.loads(result.read_text())["hu_histogram"]["wasserstein_hu"])
 
 
-def _times(run_dir: Path) -> dict[int, float]:
-    """Training seconds at every logged step (step / the run's mean steps per second so far)."""
-    times = {0: 0.0}
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if "steps_per_s" in entry:
-            times[entry["step"]] = entry["step"] / entry["steps_per_s"]
-    return times
+def _rates(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, mean steps per second since the start) of every logged training step."""
+    entries = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return [(e["step"], e["steps_per_s"]) for e in entries if "steps_per_s" in e]
+
+
+def side_by_side_rates() -> dict[str, float]:
+    """Each run's mean speed over the same wall-clock window: while both trained (the fine-tuning's whole run),
+    so that load on the shared machine after the shorter run ended does not favour the longer one."""
+    finetune, scratch = (_rates(next(WORK.glob(f"*{name}"))) for name in ("finetune", "scratch"))
+    ft_step, ft_rate = finetune[-1]
+    window = ft_step / ft_rate
+    return {"finetune": ft_rate, "scratch": min(scratch, key=lambda e: abs(e[0] / e[1] - window))[1]}
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    payload: dict = {"samples": args.samples, "held_out_seeds": [10000, 10000 + args.samples], "runs": {}}
+    rates = side_by_side_rates()
+    payload: dict = {"samples": args.samples, "held_out_seeds": [10000, 10000 + args.samples],
+                     "steps_per_s_side_by_side": rates, "runs": {}}
     for name in ("finetune", "scratch"):
         run_dir = next(WORK.glob(f"*{name}"))
-        times = _times(run_dir)
         points = [] if name == "scratch" else [{"step": 0, "minutes": 0.0, "w1": _w1(SHIPPED, WORK / "samples-shipped", args.samples)}]
         for checkpoint in sorted((run_dir / "checkpoints").glob("step-*.pt")):
             step = int(checkpoint.stem.split("-")[1])
             w1 = _w1(str(checkpoint), WORK / f"samples-{name}-{step}", args.samples)
-            points.append({"step": step, "minutes": times[step] / 60, "w1": w1})
-            print(f"{name} step {step}: {times[step] / 60:.1f} min, W1 {w1:.1f} HU", flush=True)
+            points.append({"step": step, "minutes": step / rates[name] / 60, "w1": w1})
+            print(f"{name} step {step}: {step / rates[name] / 60:.1f} min, W1 {w1:.1f} HU", flush=True)
         payload["runs"][name] = points
     target = payload["runs"]["scratch"][-1]
     reached = [p for p in payload["runs"]["finetune"] if p["w1"] <= target["w1"]]

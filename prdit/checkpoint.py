@@ -24,6 +24,7 @@ from prdit.models.official import from_official_checkpoint, is_official_checkpoi
 from prdit.runs import point_latest, resolve_checkpoint
 
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+ASSETS = Path(__file__).parent / "assets"  # the shipped models, named by their file stem (e.g. phantom-32)
 
 
 @dataclass(frozen=True)
@@ -145,13 +146,43 @@ class LoadReport:
         return ", ".join(parts)
 
 
+def shipped_models() -> dict[str, Path]:
+    """The models shipped in ``prdit/assets``: {name: .safetensors path}."""
+    return {path.name.removesuffix(".safetensors"): path for path in sorted(ASSETS.glob("*.safetensors"))}
+
+
+def resolve_pretrained(path: str | os.PathLike) -> Path | str:
+    """What ``--init-from`` / ``model.pretrained_path`` names: a checkpoint, a run folder or run pattern (left to
+    :func:`load_checkpoint`), an exported ``.safetensors`` file, a bundle folder holding one, an official checkpoint,
+    or a shipped model by name (``phantom-32``); anything else is a one-line :class:`CheckpointError`."""
+    text = str(path)
+    if any(char in text for char in "*?["):
+        return text
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    if candidate.is_dir():
+        exported = sorted(candidate.glob("*.safetensors"))
+        if len(exported) == 1 and not (candidate / "checkpoints").is_dir():
+            return exported[0]  # a bundle written by `prdit export --bundle`
+        return candidate
+    shipped = shipped_models()
+    if text in shipped:
+        return shipped[text]
+    raise CheckpointError(
+        f"{text}: not found; give a run folder, a checkpoint (.pt), an exported .safetensors file (or its bundle folder), "
+        f"an official checkpoint, or a shipped model: {', '.join(shipped) or 'none installed'}"
+    )
+
+
 def load_pretrained(model: PRDiT, path: str | os.PathLike, weights: str = "ema") -> LoadReport:
     """Copy the matching tensors of a checkpoint into ``model``; everything else keeps its fresh initialisation.
 
-    ``path`` may also be an exported ``.safetensors`` model (e.g. a shipped one, to continue its training).
-    Refuses (naming the differing keys) a checkpoint that shares no tensor with the model, or that would leave
+    ``path`` is anything :func:`resolve_pretrained` accepts: a checkpoint or run folder, an exported ``.safetensors``
+    model, an official checkpoint or a shipped model's name (to fine-tune it). Refuses (naming the differing keys) a checkpoint that shares no tensor with the model, or that would leave
     part of the local denoiser unloaded: that means another architecture, not a stage-1 -> stage-2 handoff.
     """
+    path = resolve_pretrained(path)
     if str(path).endswith(".safetensors"):
         state = load_exported(path)
     else:

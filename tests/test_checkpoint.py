@@ -104,3 +104,43 @@ def test_an_exported_model_initialises_a_model_to_continue_its_training(tmp_path
     assert not report.new and len(report.loaded) == len(continued.state_dict())
     for key, value in continued.state_dict().items():  # the export is fp16: equal up to its rounding
         torch.testing.assert_close(value, trained.state_dict()[key].half().float(), rtol=0, atol=0)
+
+
+def test_init_sources_resolve_shipped_names_and_bundle_folders_and_refuse_the_rest(tmp_path):
+    shipped = ckpt.ASSETS / "phantom-32.safetensors"
+    assert ckpt.resolve_pretrained("phantom-32") == shipped
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.safetensors").write_bytes(shipped.read_bytes())
+    assert ckpt.resolve_pretrained(bundle) == bundle / "model.safetensors"
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    assert ckpt.resolve_pretrained(run) == run  # a run folder: its latest checkpoint, found by load_checkpoint
+    with pytest.raises(CheckpointError, match=r"^no-such-model: not found; .* a shipped model: phantom-32"):
+        ckpt.resolve_pretrained("no-such-model")
+
+
+@pytest.mark.slow  # a PRDiT-T/6/4 run: about 15 s alone, minutes on a busy machine
+def test_fine_tuning_the_shipped_model_by_name_starts_its_ema_at_the_loaded_weights(tmp_path):
+    """The recipe's EMA warm start: after two steps the EMA is the shipped weights moved by about (1 - decay) of
+    the training weights' change, not a fresh average of random weights."""
+    import numpy as np
+
+    from prdit.config import load_config
+    from prdit.data.phantom import generate_phantom
+    from prdit.io import save_nifti
+    from prdit.train.trainer import TrainOptions, train
+
+    for seed in range(3):
+        volume, spacing = generate_phantom(32, seed=seed, dense_bone=True)
+        save_nifti(tmp_path / "data" / f"dense_{seed}.nii.gz", volume, spacing, dtype=np.int16)
+    config = load_config("configs/phantom/finetune.yaml", [
+        "data.dataset=folder", f"data.root={tmp_path / 'data'}", "training.total_steps=2", "training.global_batch_size=2",
+        "training.device=cpu", "training.precision=fp32", f"output.results_dir={tmp_path / 'results'}",
+        "logging.ckpt_every=2", "logging.eval_every=2"])
+    run = train(config, TrainOptions(init_from="phantom-32", progress=False))
+    state = ckpt.load_checkpoint(run)
+    shipped = ckpt.load_exported(ckpt.ASSETS / "phantom-32.safetensors")["ema"]
+    moved = sum(float((state["model"][k] - shipped[k]).norm()) for k in shipped)
+    ema_moved = sum(float((state["ema"][k] - shipped[k]).norm()) for k in shipped)
+    assert moved > 0 and ema_moved < 0.02 * moved

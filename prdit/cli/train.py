@@ -25,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--from_scratch", "--from-scratch", dest="from_scratch", action="store_true",
                         help="random initialisation for every part (ignore model.pretrained_path, freeze nothing)")
     parser.add_argument("--init-from", "--init_from", dest="init_from", default=None,
-                        help="checkpoint or run folder to initialise from (e.g. a 128^3 run for a 256^3 model)")
+                        help="weights to start from (fine-tuning, or a 128^3 run for a 256^3 model): a run folder, a checkpoint "
+                             "(.pt), an exported .safetensors file or bundle folder, an official checkpoint, or a "
+                             "shipped model by name (phantom-32); overrides model.pretrained_path")
     parser.add_argument("--allow-config-change", dest="allow_config_change", action="store_true",
                         help="resume with settings that break an exact continuation (e.g. another training.lr), or start "
                              "from pretrained weights trained on another intensity mapping; each change is printed "

@@ -144,12 +144,13 @@ class RefFine(nn.Module):
 
 
 class ReferencePRDiT(nn.Module):
-    """The PRDiT function in the official layer order; ``frozen`` runs the stage-1 path under no_grad."""
+    """The PRDiT function in the official layer order; ``frozen`` runs the stage-1 path under no_grad; ``stride``
+    other than the official 8 is for small models (the GPU check's dry run)."""
 
-    def __init__(self, name: str, input_size: int, frozen: bool) -> None:
+    def __init__(self, name: str, input_size: int, frozen: bool, stride: int = 8) -> None:
         super().__init__()
         spec = parse_model_name(name)
-        self.patch, self.stride, self.frozen = spec.patch, 8, frozen
+        self.patch, self.stride, self.frozen = spec.patch, stride, frozen
         token_dim, hidden = spec.patch**3, spec.hidden_size
         out_dim = 2 * self.stride**3
         grid = token_grid((input_size,) * 3, self.patch, self.stride)
@@ -211,21 +212,22 @@ class ReferencePRDiT(nn.Module):
 
 
 def build(side: str, case: str, size: int, batch: int, device: str, precision: str, adamw: str, seed: int = 0,
-          compile: bool = False, grad_checkpoint: bool = False):
+          compile: bool = False, grad_checkpoint: bool = False, stride: int | None = None):
     """(model, training step, sampling call) of ``side`` ('prdit' or 'reference') for one case.
 
-    ``compile`` (torch.compile) and ``grad_checkpoint`` (activation checkpointing) apply to prdit only.
+    ``compile`` (torch.compile) and ``grad_checkpoint`` (activation checkpointing) apply to prdit only;
+    ``stride`` (default: the model name's standard 8) to both.
     """
     name, frozen = f"PRDiT-{case.split('-')[0]}", case.endswith("-frozen")
     torch.manual_seed(seed)
-    model = create_model(name, size, grad_checkpoint=grad_checkpoint and side == "prdit")
+    model = create_model(name, size, stride=stride, grad_checkpoint=grad_checkpoint and side == "prdit")
     with torch.no_grad():  # trained-looking weights: zero-initialised layers would make some gradients trivial
         for p in model.parameters():
             p.normal_(0, 0.02)
     if frozen:
         model.freeze_local_denoiser()
     if side == "reference":
-        reference = ReferencePRDiT(name, size, frozen)
+        reference = ReferencePRDiT(name, size, frozen, model.stride)
         reference.load_from(model)
         model = reference
     model = model.to(device)
@@ -306,9 +308,10 @@ def check_same_function(device: str) -> float:
     return float((ours - theirs).abs().max() / ours.abs().max())
 
 
-def interleaved(runs: dict, repeats: int, device: str) -> dict[str, list[float]]:
-    """Seconds of each run, one warm-up each, then A, B, A, B, ... so that machine load hits both alike."""
-    for run in runs.values():
+def interleaved(runs: dict, repeats: int, device: str, warmup: bool = True) -> dict[str, list[float]]:
+    """Seconds of each run, one warm-up each (unless ``warmup`` is False), then A, B, A, B, ... so that machine
+    load hits both alike."""
+    for run in runs.values() if warmup else ():
         run()
     times = {name: [] for name in runs}
     for _ in range(repeats):

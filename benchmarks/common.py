@@ -348,8 +348,9 @@ def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n
     return 2 * n**3 / best
 
 
-def machine() -> dict:
-    """What the numbers were measured on."""
+def machine(with_monai: bool = True) -> dict:
+    """What the numbers were measured on (MONAI's version too unless ``with_monai`` is False: importing it takes
+    seconds, and the GPU machine may not have it)."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     info = {
@@ -361,9 +362,10 @@ def machine() -> dict:
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
     try:
-        import monai
+        if with_monai:
+            import monai
 
-        info["monai"] = monai.__version__
+            info["monai"] = monai.__version__
     except ImportError:
         pass
     return info

@@ -1,0 +1,106 @@
+"""The GPU check (benchmarks/gpu_check.sh): its dry run on the CPU writes every step's results and the summary,
+a step past its time limit is ended and reported, and its measurements compute what they say."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import gpu_check
+from prdit.diffusion import create_diffusion
+from prdit.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sampler_timing_whole_run_and_estimate_from_its_first_calls():
+    model = create_model("PRDiT-T/6/2", 16, stride=4).eval()
+    diffusion = create_diffusion(None)
+    whole = gpu_check.time_sampler(diffusion, model, 16, "ian-2m", 2, gpu_check.DRY)
+    assert whole["estimated"] is False and whole["network_calls"] == 2 and whole["seconds"] > 0
+    estimate = gpu_check.time_sampler(diffusion, model, 16, "ian-pc", 1000, gpu_check.DRY, max_calls=2)
+    assert estimate["estimated"] is True and estimate["timed_calls"] == 2
+    assert estimate["network_calls"] == diffusion.network_calls("ian-pc", 1000)
+    assert estimate["seconds"] == pytest.approx(estimate["seconds_per_call"] * estimate["network_calls"])
+
+
+def test_counted_flops_of_a_matmul():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert gpu_check.counted_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+
+
+def test_reference_ratios_are_their_time_over_ours_and_our_peak_over_theirs():
+    sides = {"prdit": {"seconds_median": 1.0, "peak_bytes": 30}, "prdit-ckpt": {"seconds_median": 1.25, "peak_bytes": 10},
+             "reference": {"seconds_median": 2.0, "peak_bytes": 50}, "official": {"error": "ImportError: timm"}}
+    ratios = gpu_check.reference_ratios(sides)
+    assert ratios == {"prdit vs reference": {"speed": 2.0, "peak_memory": 0.6},
+                      "prdit-ckpt vs reference": {"speed": 1.6, "peak_memory": 0.2}}
+
+
+def test_recorder_keeps_every_row_written_so_far(tmp_path):
+    recorder = gpu_check.Recorder(tmp_path, "large", gpu_check.DRY, dry_run=True)
+    recorder.add({"case": "T/6/2", "seconds_median": 0.1})
+    saved = json.loads((tmp_path / "large.json").read_text())
+    assert saved["status"] == "running" and saved["rows"] == [{"case": "T/6/2", "seconds_median": 0.1}]
+    assert saved["machine"]["torch"] == torch.__version__ and "cuda" in saved["machine"]
+
+
+def test_a_step_past_its_limit_is_ended_and_reported(tmp_path):
+    plan = dataclasses.replace(gpu_check.DRY, limits={**gpu_check.DRY.limits, "tests": 0.5})
+    args = argparse.Namespace(out=str(tmp_path), dry_run=True, official_src=None, time_scale=1.0)
+    records = gpu_check.run_steps(["tests"], plan, args)
+    assert records[0]["status"] == "timed out" and records[0]["seconds"] < 15
+    summary = gpu_check.write_summary(records, tmp_path).read_text()
+    assert "| tests: CUDA-marked tests | timed out |" in summary
+
+
+def test_without_cuda_the_full_check_refuses_and_points_to_the_dry_run(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert gpu_check.main([]) == 2
+    assert "--dry-run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_dry_run_writes_every_step_and_the_summary(tmp_path):
+    env = dict(os.environ, RESULTS=str(tmp_path / "gpu"), OUT=str(tmp_path / "out"), PYTHON=sys.executable,
+               PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    (tmp_path / "out").mkdir()
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", "--time-scale", "3"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = {step: json.loads((tmp_path / "gpu" / f"{step}.json").read_text()) for step in gpu_check.STEPS}
+    for step, result in results.items():
+        assert result["status"] == "done" and result["dry_run"] is True and result["rows"], step
+        assert result["machine"]["torch"] == torch.__version__
+    assert {row["outcome"] for row in results["tests"]["rows"]} <= {"passed", "skipped"}
+    assert len(results["tests"]["rows"]) >= 8
+    for row in results["reference"]["rows"]:
+        ours = {side: row["sides"][side] for side in ("prdit", "prdit-ckpt", "reference")}
+        assert all(side["seconds_median"] > 0 and side["flops"] > 0 and side["mfu"] > 0 for side in ours.values())
+        if "official" in row["sides"]:  # a checkout in .official/: it runs, or says why not (timm missing here)
+            assert "seconds_median" in row["sides"]["official"] or row["sides"]["official"]["error"]
+        assert row["ratios"]["prdit vs reference"]["speed"] > 0
+    assert sorted(row["checkpointing"] for row in results["large"]["rows"]) == [False, True]
+    samplers = [(row["sampler"], row["estimated"]) for row in results["sampling"]["rows"]]
+    assert samplers == [("ian-2m", False), ("ian-pc", True)]
+    stages = {row["stage"]: row for row in results["phantom"]["rows"]}
+    assert stages[1]["steps"] >= 2 and stages[2]["model"] == "PRDiT-T/6/2"
+    assert stages["evaluation"]["w1_hu"] >= 0 and set(stages["evaluation"]["tissue_fractions"]) >= {"lung", "soft_tissue"}
+    summary = (tmp_path / "gpu" / "summary.md").read_text()
+    headings = ["## 1. CUDA-marked tests", "## 2. Training step", "## 3. 256^3", "## 4. Sampling", "## 5. Phantom"]
+    assert [summary.index(h) for h in headings] == sorted(summary.index(h) for h in headings)
+    assert (tmp_path / "out" / "summary.md").read_text() == summary
+    with tarfile.open(tmp_path / "out" / "gpu_results.tar.gz") as archive:
+        names = archive.getnames()
+    assert {f"./{step}.json" for step in gpu_check.STEPS} <= set(names)
+    assert not any("phantom_work" in name for name in names)

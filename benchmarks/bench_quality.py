@@ -128,7 +128,7 @@ def main() -> None:
         return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     load_before, began = os.getloadavg(), time.perf_counter()
-    mapping = IntensityMapping("hu")
+    mapping = IntensityMapping("hu", window=(-1000.0, 1000.0))  # the window of the stored results
     train_hu, spacing = phantoms(range(args.train), args.size)
     held_out, _ = phantoms(range(10_000, 10_000 + args.samples), args.size)
     second_real, _ = phantoms(range(20_000, 20_000 + args.samples), args.size)

@@ -2,8 +2,8 @@
 
 Every task measures a held-out phantom (seeds 10000 and up; training uses 0-199) without noise, then compares the
 operator's classical baseline, one posterior sample (``num_samples=1``) and the posterior mean of ``--samples``
-samples (seeds 0 .. samples-1; sample 0 is the one-sample restore): PSNR and SSIM over [-1000, 1000] HU,
-mean absolute error and signed bias (HU) per tissue band of the truth, data consistency ||A x - y|| / ||y|| and
+samples (seeds 0 .. samples-1; sample 0 is the one-sample restore): PSNR and SSIM over the prior's HU window
+(the shipped v1 prior's [-1000, 1000] in the stored results), mean absolute error and signed bias (HU) per tissue band of the truth, data consistency ||A x - y|| / ||y|| and
 seconds per volume. Tasks: super-resolution x2 and x4, inpainting of a missing central cube (half of each
 side), deblurring (Gaussian sigma 2 voxels, 7 taps, as TF-PRDiT's config), sparse-view X-ray with 1, 2, 4, 8 views.
 
@@ -30,7 +30,7 @@ from prdit.data.phantom import generate_phantom
 from prdit.demo import SHIPPED_WEIGHTS
 from prdit.inverse import Deblurring, Inpainting, Operator, SparseViewXray, SuperResolution, uniform_angles
 from prdit.inverse.command import central_cube_mask
-from prdit.inverse.metrics import TISSUE_BANDS, reconstruction_metrics
+from prdit.inverse.metrics import ERROR_BANDS_HU, reconstruction_metrics
 from prdit.io import atomic_write_text
 from prdit.sample import load_pipeline
 
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace):
             baseline, samples = outputs["baseline"], outputs["restore-mean"]
             estimates = {"baseline": baseline, "restore-1": samples[:1], "restore-mean": samples.mean(0, keepdim=True)}
             for method, estimate in estimates.items():
-                per_volume[task][method].append(flatten(reconstruction_metrics(op, estimate, truth, y)))
+                per_volume[task][method].append(flatten(reconstruction_metrics(op, estimate, truth, y, pipeline.mapping.hu_range())))
             if index == 0:
                 examples[task] = {"truth": volume, **{m: e[0, 0].numpy() for m, e in estimates.items()},
                                   "std": samples.std(0, unbiased=False)[0].numpy()}
@@ -116,7 +116,8 @@ def summary(args, pipeline, sampler, steps, seeds, per_volume, seconds, examples
             "checkpoint": str(pipeline.checkpoint), "checkpoint_sha256": pipeline.checkpoint_sha256,
             "model": pipeline.model.name, "volumes": len(seeds), "volumes_asked": args.volumes,
             "phantom_seeds": [seeds[0], seeds[-1]], "size": pipeline.input_size, "sampler": sampler, "steps": steps,
-            "samples": args.samples, "measurement_noise": 0.0, "tissue_bands_hu": {k: list(v) for k, v in TISSUE_BANDS.items()},
+            "samples": args.samples, "measurement_noise": 0.0, "tissue_bands_hu": {k: list(v) for k, v in ERROR_BANDS_HU.items()},
+            "window_hu": list(pipeline.mapping.hu_range()),
             "threads": torch.get_num_threads(), "timed_volumes": args.timed_volumes,
             "seconds": "per volume, wall and process CPU; restore-1: one sample alone (batch 1) on the first timed_volumes "
                        "volumes; restore-mean: all samples in one batch",
@@ -145,8 +146,8 @@ def plot(results: dict, path) -> None:
     FigureCanvasAgg(figure)
     labels = {"baseline": "classical baseline", "restore-1": "restore, 1 sample",
               "restore-mean": f"restore, mean of {results['protocol']['samples']}"}
-    for row, (key, name) in enumerate((("psnr", "PSNR (dB) over [-1000, 1000] HU, higher is better"),
-                                       ("fat_soft_mae", "fat + soft tissue MAE (HU), lower is better"))):
+    for row, (key, name) in enumerate((("psnr", f"PSNR (dB) over {results['protocol'].get('window_hu', [-1000, 1000])} HU, higher is better"),
+                                       ("soft_tissue_mae", "soft tissue MAE (HU), lower is better"))):
         axes = figure.add_subplot(2, 1, row + 1)
         width = 0.27
         for k, method in enumerate(METHODS):
@@ -195,15 +196,15 @@ def plot_examples(results: dict, path) -> None:
 
 def table(results: dict) -> str:
     """The Markdown table of benchmarks/README.md."""
-    header = ("| task | method | PSNR (dB) | SSIM | MAE air / lung / fat+soft / bone (HU) | bias fat+soft / bone (HU) "
+    header = ("| task | method | PSNR (dB) | SSIM | MAE air / lung / fat / soft tissue / bone (HU) | bias soft tissue / bone (HU) "
               "| data consistency | CPU s (wall s) / volume |\n|---|---|---|---|---|---|---|---|")
     lines = [header]
     names = {"baseline": "baseline", "restore-1": "restore, 1 sample", "restore-mean": f"restore, mean of {results['protocol']['samples']}"}
     for task, entry in results["tasks"].items():
         for method in METHODS:
             m = entry["metrics"][method]
-            mae = " / ".join(f"{m[f'{b}_mae']['mean']:.0f}" if f"{b}_mae" in m else "-" for b in TISSUE_BANDS)
-            bias = " / ".join(f"{m[f'{b}_bias']['mean']:+.0f}" if f"{b}_bias" in m else "-" for b in ("fat_soft", "bone"))
+            mae = " / ".join(f"{m[f'{b}_mae']['mean']:.0f}" if f"{b}_mae" in m else "-" for b in ERROR_BANDS_HU)
+            bias = " / ".join(f"{m[f'{b}_bias']['mean']:+.0f}" if f"{b}_bias" in m else "-" for b in ("soft_tissue", "bone"))
             wall, cpu = entry["seconds"].get(f"{method}_wall"), entry["seconds"].get(f"{method}_cpu")
             seconds = "-" if wall is None else f"{cpu:.1f} ({wall:.1f})"
             lines.append(

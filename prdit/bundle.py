@@ -24,6 +24,7 @@ import torch
 
 from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, export_weights, load_exported
+from prdit.data.intensity import IntensityMapping
 from prdit.errors import CheckpointError
 from prdit.io import atomic_write_text
 from prdit.modelcard import model_card
@@ -126,11 +127,17 @@ def bundle_metadata(meta: CheckpointMeta, step: int | None, description: str) ->
                                  "spatial_shape": size, "dtype": "float32", "value_range": [], "is_patch_data": False,
                                  "channel_def": {"0": "noise"}}},
             "outputs": {"pred": {"type": "image", "format": "hounsfield", "num_channels": 1, "spatial_shape": size,
-                                 "dtype": "int16", "value_range": list(meta.intensity.get("window", [-1000, 1000])),
+                                 "dtype": "int16", "value_range": _hu_range(meta),
                                  "is_patch_data": False, "channel_def": {"0": "CT"},
                                  "spacing_mm": list(meta.spacing)}},
         },
     }
+
+
+def _hu_range(meta: CheckpointMeta) -> list[float]:
+    """The HU the samples span: the model's own mapping's range (empty for an unfitted paper-mode mapping)."""
+    mapping = IntensityMapping.from_dict(meta.intensity)
+    return list(mapping.hu_range()) if mapping.mode == "hu" or mapping.reference_range else []
 
 
 def _version(package: str) -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from prdit.diffusion import create_diffusion
 from prdit.errors import ConfigError
+from prdit.hu import DEFAULT_HU_WINDOW
 from prdit.io import atomic_write_text
 from prdit.models.registry import parse_model_name
 
@@ -45,7 +46,7 @@ class DataConfig(Section):
         "hu", description="hu: fixed HU window -> [-1, 1]; paper: the official per-volume min-max (before pooling)"
     )
     hu_window: tuple[float, float] = Field(
-        (-1000.0, 2000.0), description="hu: the HU that map to -1 and 1 (default keeps cortical bone up to 2000 HU)"
+        DEFAULT_HU_WINDOW, description="hu: the HU that map to -1 and 1 (default keeps cortical bone up to 2000 HU)"
     )
     paper_percentile: float = Field(99.9, gt=50, le=100, description="paper: upper clip (LIDC-IDRI 99.9, RAD-ChestCT 99.5)")
     paper_scale: Literal["signed", "unit"] = Field(

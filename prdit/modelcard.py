@@ -15,6 +15,7 @@ import yaml
 
 from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, load_exported
+from prdit.data.intensity import IntensityMapping
 from prdit.evaluation.descriptions import markdown_table
 from prdit.io import sha256_file
 
@@ -48,14 +49,14 @@ def _training_lines(config: dict, meta: CheckpointMeta, step: int | None) -> lis
     lines = [f"- **Data**: {DATASETS.get(data.get('dataset'), 'not recorded in this file')}"
              + (f" (`{data['root']}`)" if data.get("root") else "") + "."]
     lines.append(f"- **Volumes**: {meta.input_size}³ voxels at {spacing} mm (z × y × x), LPS orientation.")
-    intensity = meta.intensity
-    if intensity.get("mode") == "hu":
-        low, high = intensity.get("window", (-1000, 1000))
+    mapping = IntensityMapping.from_dict(meta.intensity)
+    if mapping.mode == "hu":
+        low, high = mapping.window
         lines.append(f"- **Intensity mapping**: HU clipped to [{low:g}, {high:g}] and mapped linearly to [-1, 1]; "
                      "samples are mapped back to HU.")
     else:
         lines.append("- **Intensity mapping**: the paper's per-volume min-max normalisation "
-                     f"(percentile {intensity.get('percentile')}); HU range for the way back: {intensity.get('reference_range')}.")
+                     f"(percentile {mapping.percentile:g}); HU range for the way back: {mapping.reference_range}.")
     if training:
         lines.append(f"- **Training**: {step if step is not None else training.get('total_steps')} steps, global batch "
                      f"{training.get('global_batch_size')}, lr {training.get('lr')}, EMA decay {training.get('ema_decay')}, "

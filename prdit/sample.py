@@ -153,6 +153,28 @@ class Pipeline:
         return paths
 
 
+def _load_state(ckpt: str | os.PathLike, hu_range: tuple[float, float] | None = None) -> tuple[Path, dict]:
+    exported = str(ckpt).endswith(".safetensors")
+    path = Path(ckpt) if exported else resolve_checkpoint(ckpt)
+    state = load_exported(path) if exported else load_checkpoint(path)
+    return path, from_official_checkpoint(state, hu_range) if is_official_checkpoint(state) else state
+
+
+def load_mapping(source: str | os.PathLike) -> IntensityMapping:
+    """The intensity mapping a model was trained with, from its checkpoint (file, run folder, ``.safetensors``) or
+    from one of its samples' JSON sidecars."""
+    if str(source).endswith(".json"):
+        try:
+            return IntensityMapping.from_dict(json.loads(Path(source).read_text())["intensity"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise PrditError(f"{source}: not a prdit sample sidecar with an intensity mapping ({type(error).__name__})") from None
+    path, state = _load_state(source)
+    intensity = state.get("meta", {}).get("intensity") if isinstance(state.get("meta"), dict) else None
+    if not isinstance(intensity, dict):
+        raise CheckpointError(f"{path}: records no intensity mapping; was it written by prdit?")
+    return IntensityMapping.from_dict(intensity)
+
+
 def load_pipeline(
     ckpt: str | os.PathLike, device: str | torch.device | None = None, use_ema: bool = True, precision: str = "auto",
     hu_range: tuple[float, float] | None = None,
@@ -160,13 +182,10 @@ def load_pipeline(
     """Load a checkpoint file, a run folder (its ``latest`` checkpoint), a run pattern, or exported ``.safetensors``.
 
     A checkpoint written by the paper's official ``train.py`` is recognised and converted on the fly; it carries
-    no HU mapping, so samples map back to HU through ``hu_range`` (default [-1000, 1000], recorded as assumed).
+    no HU mapping, so samples map back to HU through ``hu_range`` (default :data:`prdit.hu.OFFICIAL_HU_RANGE`,
+    recorded as assumed).
     """
-    exported = str(ckpt).endswith(".safetensors")
-    path = Path(ckpt) if exported else resolve_checkpoint(ckpt)
-    state = load_exported(path) if exported else load_checkpoint(path)
-    if is_official_checkpoint(state):
-        state = from_official_checkpoint(state, hu_range)
+    path, state = _load_state(ckpt, hu_range)
     meta = CheckpointMeta.from_dict(state.get("meta"), path)
     weights = "ema" if use_ema and state.get("ema") else "model" if state.get("model") else "ema"
     if not isinstance(state.get(weights), dict):

@@ -130,6 +130,10 @@ def test_memorisation_command_flags_copied_training_volumes(folders, capsys, rng
     out = folders / "memorisation.json"
     argv = ["evaluate", "memorisation", "--data_root_fake", str(copies), "--data_root_train", str(train),
             "--data_root_heldout", str(heldout), "--out", str(out)]
+    with pytest.raises(Exception, match="--intensity-from"):  # no sidecars: the model's HU range is unknown
+        _run(argv)
+    (copies / "model.json").write_text(json.dumps({"intensity": {"mode": "hu", "window": [-1000, 1000]}}))
+    argv += ["--intensity-from", str(copies / "model.json")]
     _run(argv)
     printed = capsys.readouterr().out
     assert "NN distance to the training set, samples / held-out volumes: 0.0" in printed and "real vs real" in printed

@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+from prdit.data.intensity import IntensityMapping
 from prdit.errors import DataError
 from prdit.evaluation.data import (
     VolumeSet,
@@ -45,12 +46,12 @@ def test_list_file_and_single_stack_file(tmp_path, hu_volumes):
 
 def test_model_space_files_come_back_in_hu(tmp_path):
     np.save(tmp_path / "x.npy", np.stack([np.full((4, 4, 4), -1.0), np.full((4, 4, 4), 0.5)]).astype(np.float32))
-    volume_set = load_volume_set(tmp_path / "x.npy", space="model")
+    volume_set = load_volume_set(tmp_path / "x.npy", space="model", mapping=IntensityMapping(window=(-1000.0, 1000.0)))
     assert volume_set.volumes[0].max() == pytest.approx(-1000.0) and volume_set.volumes[1].min() == pytest.approx(500.0)
     np.testing.assert_allclose(volume_set.model_space()[1], 0.5)
     np.save(tmp_path / "hu.npy", np.full((2, 4, 4, 4), 300.0, dtype=np.float32))
     with pytest.raises(DataError, match="--space hu"):
-        load_volume_set(tmp_path / "hu.npy", space="model")
+        load_volume_set(tmp_path / "hu.npy", space="model", mapping=IntensityMapping())
 
 
 def test_bad_paths_and_empty_folders_are_clear_errors(tmp_path):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from prdit.data.intensity import IntensityMapping
+from prdit.errors import DataError
 
 
 def test_hu_window_round_trip_inside_the_window():
@@ -72,8 +73,15 @@ def test_paper_unit_scale_and_already_normalised_volumes():
     unit.fit([official_file])  # no HU in the training files: the window maps samples back
     assert unit.reference_range == (-1000.0, 1000.0)
     np.testing.assert_allclose(unit.to_hu(np.array([0.0, 1.0])), [-1000.0, 1000.0])
-    with pytest.raises(ValueError, match="constant"):
+    with pytest.raises(DataError, match="constant"):
         unit.to_unit(np.full(4, -1000.0))
+
+
+def test_paper_ceiling_clips_before_the_percentile():
+    hu = np.linspace(-2000, 2000, 1001, dtype=np.float32).reshape(1, 7, 143)
+    capped = IntensityMapping(mode="paper", percentile=100.0, ceiling=1000.0).to_unit(hu)
+    assert capped.max() == 1.0 and np.count_nonzero(capped == 1.0) == np.count_nonzero(hu >= 1000)
+    assert IntensityMapping.from_dict(IntensityMapping(mode="paper", ceiling=1000.0).to_dict()).ceiling == 1000.0
 
 
 def test_mappings_saved_before_the_scale_existed_still_load():

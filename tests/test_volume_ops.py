@@ -1,8 +1,6 @@
 import numpy as np
-import pytest
 
-from prdit.data.volume_ops import average_pool, body_center, crop_or_pad, paper_normalize
-from prdit.errors import DataError
+from prdit.data.volume_ops import average_pool, body_center, crop_or_pad
 
 
 def test_average_pool_matches_block_means():
@@ -21,18 +19,6 @@ def test_crop_or_pad_centres_and_fills_with_air():
     assert (cube[0] == -1000).all() and (cube[7] == -1000).all()
     np.testing.assert_array_equal(crop_or_pad(volume, 4, start=(2, 3, 4)), volume[2:6, 3:7, 4:8])
     assert (crop_or_pad(volume, 4, start=(-4, 0, 0)) == -1000).all()
-
-
-def test_paper_normalize_clips_at_the_percentile_and_scales_to_unit_range():
-    hu = np.linspace(-2000, 2000, 1001, dtype=np.float32).reshape(1, 7, 143)
-    out = paper_normalize(hu, percentile=90.0)
-    high = np.percentile(np.clip(hu, -1000, None), 90.0)
-    expected = (np.clip(hu, -1000, high) + 1000) / (high + 1000)
-    np.testing.assert_allclose(out, expected, atol=1e-6)
-    capped = paper_normalize(hu, percentile=100.0, ceiling=1000.0)
-    assert capped.max() == 1.0 and np.count_nonzero(capped == 1.0) == np.count_nonzero(hu >= 1000)
-    with pytest.raises(DataError, match="constant"):
-        paper_normalize(np.full((2, 2, 2), -1000.0), 99.9)
 
 
 def test_body_center_ignores_the_table():

@@ -28,12 +28,20 @@ def _add_data_arguments(parser: argparse.ArgumentParser, fake_flags: tuple[str, 
     for flag in fake_flags:
         data.add_argument(flag, required=flag != "--data_root_fake_1", help="generated volumes, same formats as --data_root_real")
     data.add_argument("--space", choices=["hu", "model"], default="hu",
-                      help="intensities of the files: Hounsfield units or model space [-1, 1] (default hu)")
+                      help="intensities of the files: Hounsfield units or the generating model's space (prdit sample "
+                      "--save-raw files, mapped back to HU through their sidecars or --intensity-from; default hu)")
+    _add_intensity_argument(data)
     data.add_argument("--img_size", type=int, default=None, help="compare at S^3 voxels (default: the volumes' own shape)")
     data.add_argument("--resize", choices=["error", "trilinear"], default="error",
                       help="volumes that are not S^3: stop with an error (default) or resample trilinearly")
     data.add_argument("--limit", type=int, default=None, help="use only the first N volumes of each set")
     data.add_argument("--dataset", default=None, help="dataset name, recorded in the protocol (e.g. LIDC-IDRI)")
+
+
+def _add_intensity_argument(group) -> None:
+    group.add_argument("--intensity-from", "--intensity_from", dest="intensity_from", default=None, metavar="CHECKPOINT",
+                       help="the generating model's intensity mapping: its checkpoint, run folder, .safetensors, or a "
+                       "sample's .json sidecar (default: the sidecars beside the files)")
 
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +68,12 @@ def _add_feature_arguments(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace, flag: str, name: str):
     from prdit.evaluation.data import load_volume_set
 
-    return load_volume_set(getattr(args, flag), space=args.space, size=args.img_size, resize=args.resize, limit=args.limit, name=name)
+    if args.intensity_from and not hasattr(args, "mapping"):
+        from prdit.sample import load_mapping
+
+        args.mapping = load_mapping(args.intensity_from)
+    return load_volume_set(getattr(args, flag), space=args.space, size=args.img_size, resize=args.resize, limit=args.limit,
+                           name=name, mapping=getattr(args, "mapping", None))
 
 
 def _output_path(args: argparse.Namespace, default: Path | None = None) -> Path | None:
@@ -225,6 +238,7 @@ def _add_memorisation_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data_root_heldout", required=True,
                       help="real volumes the model never saw (at least 4, fewer than the training volumes)")
     data.add_argument("--space", choices=["hu", "model"], default="hu", help="intensities of the files (default hu)")
+    _add_intensity_argument(data)
     data.add_argument("--img_size", type=int, default=None, help="compare at S^3 voxels (default: the volumes' own shape)")
     data.add_argument("--resize", choices=["error", "trilinear"], default="error", help="volumes that are not S^3 (default error)")
     data.add_argument("--limit", type=int, default=None, help="use only the first N volumes of each set")
@@ -245,8 +259,11 @@ def _run_memorisation(args: argparse.Namespace) -> None:
     if not 4 <= len(heldout) <= len(train):
         raise DataError(f"--data_root_heldout: need at least 4 held-out volumes and no more than the {len(train)} training "
                         f"volumes, got {len(heldout)}")
+    if fake.mapping is None:
+        raise DataError("--data_root_fake: distances are taken inside the generating model's HU range, and these files "
+                        "have no sample sidecars beside them: pass --intensity-from CHECKPOINT (or a sample's .json)")
     names = [[path.name for path in s.files] if len(s.files) == len(s) else None for s in (fake, train)]  # a stack: indices
-    result = memorisation_report(fake.volumes, train.volumes, heldout.volumes, seed=args.seed, subsets=args.subsets,
+    result = memorisation_report(fake.volumes, train.volumes, heldout.volumes, fake.mapping.hu_range(), seed=args.seed, subsets=args.subsets,
                                  sample_names=names[0], train_names=names[1])
     result["protocol"].update(fake_source=fake.source, train_source=train.source, heldout_source=heldout.source)
     s, f, c = result["samples"], result["floor"], result["copies"]

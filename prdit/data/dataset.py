@@ -17,9 +17,9 @@ from torch.utils.data import Dataset
 from prdit.config import DataConfig
 from prdit.data.intensity import IntensityMapping
 from prdit.data.phantom import write_phantom_dataset
-from prdit.errors import DataError
 from prdit.data.sources import resolve_splits
 from prdit.data.volume_ops import average_pool
+from prdit.errors import DataError
 from prdit.io import load_volume
 
 
@@ -76,10 +76,11 @@ class VolumeDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         volume = load_volume(self.paths[index])
-        if self.mapping.mode == "paper":  # the official order: normalise at full resolution, then pool
+        # Clip (paper: normalise) at full resolution, then pool: the official order, in both modes.
+        if self.mapping.mode == "paper":
             hu = average_pool(self.mapping.to_unit(volume.array), self.pool)
         else:
-            hu = average_pool(volume.array, self.pool)
+            hu = average_pool(self.mapping.clip(volume.array), self.pool)
         if self.image_size is not None and hu.shape != (self.image_size,) * 3:
             ratio = volume.array.shape[0] / self.image_size
             hint = f"set data.pool={int(ratio)}" if ratio == int(ratio) and ratio >= 1 else "preprocess the data to that size"

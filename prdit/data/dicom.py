@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from prdit.data.volume_ops import AIR_HU
 from prdit.errors import DataError
+from prdit.hu import AIR_HU, OUT_OF_FIELD_HU
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")  # a file named like this that is not DICOM is reported as corrupt
-OUT_OF_FIELD_HU = -1500.0  # below any real reading; scanners mark pixels outside the field of view with -2000/-3024
 _POSITION_TOLERANCE_MM = 0.01  # slices closer than this along the normal share one position
 _REGULAR_TOLERANCE = 0.02  # relative deviation of a gap from the median that still counts as regular
 

@@ -40,8 +40,6 @@ from typing import Callable, Literal
 import numpy as np
 
 from prdit.data.dicom import (
-    AIR_HU,
-    OUT_OF_FIELD_HU,
     DicomCase,
     group_series,
     load_series,
@@ -49,17 +47,18 @@ from prdit.data.dicom import (
     select_cases,
     to_sitk_image,
 )
+from prdit.data.intensity import IntensityMapping
 from prdit.data.manifest import STATUS_OK, STATUS_SKIPPED, ManifestRow, read_manifest, write_manifest
 from prdit.data.rad_chestct import RAD_NPZ_KEY, read_rad_volume
-from prdit.data.volume_ops import average_pool, body_center, crop_or_pad, paper_normalize
+from prdit.data.volume_ops import average_pool, body_center, crop_or_pad
 from prdit.errors import DataError
+from prdit.hu import AIR_HU, OUT_OF_FIELD_HU, PAPER_RAD_CEILING_HU
 from prdit.io import atomic_write_text, centered_origin, ensure_writable, save_nifti, volume_stem
 
 VOLUME_DIR = "volumes"
 MANIFEST_NAME = "manifest.csv"
 SKIPPED_NAME = "skipped.csv"
 OPTIONS_NAME = "preprocess.json"
-RAD_PAPER_CEILING_HU = 1000.0  # the official RAD-ChestCT script clips to [-1000, 1000] HU first
 _MANIFEST_INTERVAL_S = 5.0  # how often a long run checkpoints its manifest
 
 
@@ -166,7 +165,11 @@ def _finish(
     spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
     row.hu_min, row.hu_max, row.hu_mean = float(hu.min()), float(hu.max()), float(hu.mean())
     row.hu_p99_9 = float(np.percentile(hu, 99.9))
-    volume = paper_normalize(hu, options.percentile, ceiling=options.hu_ceiling) if options.normalize == "paper" else hu
+    if options.normalize == "paper":
+        paper = IntensityMapping(mode="paper", percentile=options.percentile, ceiling=options.hu_ceiling)
+        volume = paper.to_unit(hu).astype(np.float32)
+    else:
+        volume = hu
     if options.pool > 1:
         volume = average_pool(volume, options.pool)
         origin = origin + (options.pool - 1) / 2 * spacing[::-1]  # a pooled voxel's centre is its block's centre
@@ -247,7 +250,7 @@ def process_rad_case(source: Path, case_id: str, out_dir: Path, options: Preproc
             hu = np.clip(hu, AIR_HU, options.hu_ceiling)
         path = out_dir / VOLUME_DIR / f"{case_id}.nii.gz"
         if options.normalize == "paper":  # the official route: centre crop of paper_crop, then a trilinear zoom
-            hu = np.clip(hu, AIR_HU, options.hu_ceiling if options.hu_ceiling is not None else RAD_PAPER_CEILING_HU)
+            hu = np.clip(hu, AIR_HU, options.hu_ceiling if options.hu_ceiling is not None else PAPER_RAD_CEILING_HU)
             crop = options.paper_crop
             if options.skip_small and any(n < crop for n in hu.shape):
                 raise DataError(f"{source}: volume {hu.shape} is smaller than the {crop}^3 crop (--skip-small)")

@@ -1,5 +1,5 @@
-"""Numpy operations on ``[z, y, x]`` HU volumes shared by preprocessing and the datasets: pooling, cropping,
-finding the body, and the paper's per-volume intensity scaling."""
+"""Numpy operations on ``[z, y, x]`` HU volumes shared by preprocessing and the datasets: pooling, cropping and
+finding the body (the paper's per-volume intensity scaling is :class:`prdit.data.intensity.IntensityMapping`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from prdit.errors import DataError
-
-AIR_HU = -1000.0
-BODY_THRESHOLD_HU = -500.0  # soft tissue and bone are above, lung and air below
+from prdit.hu import AIR_HU, BODY_THRESHOLD_HU
 
 
 def average_pool(volume: np.ndarray, factor: int) -> np.ndarray:
@@ -51,14 +49,3 @@ def body_center(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndar
     largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
     box = ndimage.find_objects(labels)[largest - 1]
     return np.array([(s.start + s.stop - 1) / 2 for s in box], dtype=np.float64)
-
-
-def paper_normalize(hu: np.ndarray, percentile: float, low: float = -1000.0, ceiling: float | None = None) -> np.ndarray:
-    """The paper's per-volume intensity scaling: clip to [low, ceiling], clip above the ``percentile``-th
-    percentile, then min-max to [0, 1] (float32)."""
-    clipped = np.clip(hu, low, ceiling if ceiling is not None else np.inf)
-    clipped = np.minimum(clipped, np.percentile(clipped, percentile))
-    lo, hi = float(clipped.min()), float(clipped.max())
-    if hi <= lo:
-        raise DataError(f"constant volume ({lo} HU) cannot be min-max normalised")
-    return ((clipped - lo) / (hi - lo)).astype(np.float32)

@@ -21,17 +21,12 @@ import math
 import numpy as np
 from scipy import ndimage
 
-# Half-open HU ranges [low, high). Fractions are of all voxels in the field of view (air outside the body included).
-TISSUE_RANGES = {
-    "lung": (-950.0, -500.0),
-    "fat": (-190.0, -30.0),
-    "soft_tissue": (-30.0, 150.0),
-    "bone": (300.0, float("inf")),
-}
-BODY_THRESHOLD_HU = -500.0
+from prdit.hu import BODY_THRESHOLD_HU, TISSUE_BANDS_HU
+
+# Fractions are of all voxels in the field of view (air outside the body included).
 BANDS = ("inferior", "middle", "superior")  # thirds of the z axis, index 0 = inferior in LPS arrays
 MIN_LUNG_COMPONENT = 0.05  # a lung component counts when it holds at least this share of the lung mask
-BODY_TISSUES = tuple(tissue for tissue in TISSUE_RANGES if tissue != "lung")  # lung HU comes from the lung mask
+BODY_TISSUES = tuple(tissue for tissue in TISSUE_BANDS_HU if tissue != "lung")  # lung HU comes from the lung mask
 
 # feature -> (name in words, unit). Every feature is "closer to the real set's value is better".
 FEATURES: dict[str, tuple[str, str]] = {
@@ -48,7 +43,7 @@ FEATURES: dict[str, tuple[str, str]] = {
     **{f"{tissue}_mean_hu": (f"mean HU of the {tissue.replace('_', '-')} voxels in the body outside the lungs", "HU")
        for tissue in BODY_TISSUES},
     **{f"{band}_{tissue}_fraction": (f"{tissue.replace('_', '-')} fraction of the {band} third", "")
-       for band in BANDS for tissue in TISSUE_RANGES},
+       for band in BANDS for tissue in TISSUE_BANDS_HU},
 }
 
 
@@ -94,10 +89,10 @@ def volume_features(volume: np.ndarray) -> dict[str, float]:
     features["lung_mask_std_hu"] = float(volume[lungs].std()) if lung_voxels else float("nan")
     inside = volume[body & ~lungs]
     for tissue in BODY_TISSUES:
-        low, high = TISSUE_RANGES[tissue]
+        low, high = TISSUE_BANDS_HU[tissue]
         features[f"{tissue}_mean_hu"] = _mean(inside[(inside >= low) & (inside < high)])
     for band, slab in zip(BANDS, np.array_split(volume, len(BANDS), axis=0)):
-        for tissue, (low, high) in TISSUE_RANGES.items():
+        for tissue, (low, high) in TISSUE_BANDS_HU.items():
             features[f"{band}_{tissue}_fraction"] = float(((slab >= low) & (slab < high)).mean())
     return features
 

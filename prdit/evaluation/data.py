@@ -2,9 +2,11 @@
 
 A set is a folder of volumes (NIfTI, .npy, .npz; searched recursively), a list/manifest file (one path a line,
 relative to the list), a single .npy/.npz holding a stack ``[N, D, H, W]`` (or ``[N, 1, D, H, W]``), or an
-in-memory list of arrays/paths. Files are either in Hounsfield units (``space="hu"``) or in the model's [-1, 1]
-space (``space="model"``, mapped back to HU with the fixed window). Every set is held in HU, float32,
-``[N, D, H, W]``.
+in-memory list of arrays/paths. Files are either in Hounsfield units (``space="hu"``) or in a model's own space
+(``space="model"``: ``prdit sample --save-raw`` files), mapped back to HU with that model's intensity mapping,
+read from each file's JSON sidecar (``sample_<seed>.json`` beside ``sample_<seed>_raw.nii.gz``) or given. Every
+set is held in HU, float32, ``[N, D, H, W]``. The feature networks then see every set through one fixed mapping
+(:data:`FEATURE_INPUT`, the evaluation protocol's), whatever model made it.
 
 Sizes: all volumes of both sets must share one shape. ``size=S`` asks for S^3; volumes of another shape are an
 error unless ``resize="trilinear"`` (torch trilinear interpolation, ``align_corners=False``, in HU), and the
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -27,12 +29,15 @@ import torch.nn.functional as F
 from prdit.data.intensity import IntensityMapping
 from prdit.data.sources import find_volumes
 from prdit.errors import DataError
-from prdit.io import atomic_write, load_volume, volume_suffix
+from prdit.hu import EVALUATION_WINDOW_HU
+from prdit.io import atomic_write, load_volume, volume_stem, volume_suffix
 
 Space = Literal["hu", "model"]
 ResizePolicy = Literal["error", "trilinear"]
-INTENSITY = IntensityMapping(mode="hu", window=(-1000.0, 1000.0))
-INTENSITY_LABEL = "HU clipped to [-1000, 1000] and mapped linearly to [-1, 1]"
+#: What the feature networks and MS-SSIM see: HU through one fixed window, the same for every model's samples.
+FEATURE_INPUT = IntensityMapping(mode="hu", window=EVALUATION_WINDOW_HU)
+INTENSITY_LABEL = f"HU clipped to [{EVALUATION_WINDOW_HU[0]:g}, {EVALUATION_WINDOW_HU[1]:g}] and mapped linearly to [-1, 1]"
+SIDECAR_SUFFIXES = ("_raw", "_x0")  # prdit sample --save-raw / --save-x0 files share the volume's sidecar
 DEFAULT_CACHE_DIR = Path(os.environ.get("PRDIT_CACHE_DIR", Path.home() / ".cache" / "prdit"))
 
 
@@ -44,6 +49,7 @@ class VolumeSet:
     source: str
     files: list[Path]  # empty for in-memory arrays
     resized_from: list[tuple[int, int, int]]  # original shapes of the volumes that were resized
+    mapping: IntensityMapping | None = field(default=None)  # the generating model's, when its sidecars say
 
     def __len__(self) -> int:
         return len(self.volumes)
@@ -53,8 +59,8 @@ class VolumeSet:
         return tuple(self.volumes.shape[1:])
 
     def model_space(self) -> np.ndarray:
-        """The volumes in the model's [-1, 1] space (the feature networks' input)."""
-        return INTENSITY.to_model(self.volumes)
+        """The volumes as the feature networks see them (:data:`FEATURE_INPUT`), in [-1, 1]."""
+        return FEATURE_INPUT.to_model(self.volumes)
 
     def fingerprint(self) -> str | None:
         """Hash of the file list (paths, sizes, modification times); None for in-memory sets."""
@@ -87,6 +93,30 @@ def _stack_file(path: Path) -> np.ndarray | None:
     return np.asarray(array, dtype=np.float32) if array.ndim == 4 else None
 
 
+def sidecar_mapping(path: Path) -> IntensityMapping | None:
+    """The intensity mapping in a volume file's JSON sidecar (``prdit sample`` writes one), or None."""
+    stem = volume_stem(path)
+    for suffix in SIDECAR_SUFFIXES:
+        stem = stem.removesuffix(suffix)
+    sidecar = path.with_name(f"{stem}.json")
+    if not sidecar.is_file():
+        return None
+    try:
+        return IntensityMapping.from_dict(json.loads(sidecar.read_text())["intensity"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{sidecar}: unreadable sample sidecar (no intensity mapping); fix or remove it") from None
+
+
+def _sidecar_mappings(files: list[Path], label: str) -> IntensityMapping | None:
+    """The one mapping the files' sidecars name (None when they have none); a set mixing models is an error."""
+    found = {path: sidecar_mapping(path) for path in files}
+    mappings = {m.definition(): m for m in found.values() if m is not None}
+    if len(mappings) > 1:
+        raise DataError(f"{label}: the files' sidecars name {len(mappings)} different intensity mappings "
+                        f"({'; '.join(m.describe() for m in mappings.values())}); evaluate one model's samples at a time")
+    return next(iter(mappings.values()), None)
+
+
 def _resize(volume: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     tensor = torch.from_numpy(np.ascontiguousarray(volume))[None, None]
     return F.interpolate(tensor, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
@@ -99,8 +129,13 @@ def load_volume_set(
     resize: ResizePolicy = "error",
     limit: int | None = None,
     name: str = "set",
+    mapping: IntensityMapping | None = None,
 ) -> VolumeSet:
-    """Load a set of volumes (see the module docstring) as HU ``[N, D, H, W]``; ``limit`` keeps the first N."""
+    """Load a set of volumes (see the module docstring) as HU ``[N, D, H, W]``; ``limit`` keeps the first N.
+
+    ``mapping``: the generating model's intensity mapping; by default the one the files' sidecars record (needed
+    for ``space="model"``).
+    """
     if space not in ("hu", "model"):
         raise DataError(f"{name}: intensity space must be 'hu' or 'model', got {space!r}")
     if resize not in ("error", "trilinear"):
@@ -136,11 +171,19 @@ def load_volume_set(
             resized.append(tuple(array.shape))
             arrays[index] = _resize(array, target)
     volumes = np.stack(arrays).astype(np.float32, copy=False)
+    mapping = mapping or _sidecar_mappings(files, f"{name} ({label})")
     if space == "model":
-        if volumes.min() < -1.05 or volumes.max() > 1.05:
-            raise DataError(f"{name} ({label}): values span [{volumes.min():.3g}, {volumes.max():.3g}], not model space [-1, 1]; use --space hu")
-        volumes = INTENSITY.to_hu(volumes)
-    return VolumeSet(volumes, label, files, resized)
+        if mapping is None:
+            raise DataError(f"{name} ({label}): model-space files map back to HU only through their model's intensity "
+                            "mapping: keep the samples' JSON sidecars beside them, or pass --intensity-from CHECKPOINT "
+                            "(or a sample's .json)")
+        bottom, top = mapping.model_range
+        margin = 0.5 * (top - bottom)  # a raw sample may overshoot (to_hu clips it); HU values are far outside
+        if volumes.min() < bottom - margin or volumes.max() > top + margin:
+            raise DataError(f"{name} ({label}): values span [{volumes.min():.3g}, {volumes.max():.3g}], not model space "
+                            f"[{bottom:g}, {top:g}]; use --space hu")
+        volumes = mapping.to_hu(volumes)
+    return VolumeSet(volumes, label, files, resized, mapping)
 
 
 def check_same_shape(real: VolumeSet, fake: VolumeSet) -> None:

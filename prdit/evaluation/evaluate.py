@@ -30,6 +30,15 @@ FEATURE_NETWORK = "MedicalNet 3D ResNet-50, global average pool of layer4 (2048-
 SetSource = str | os.PathLike | Sequence[np.ndarray | str | os.PathLike]
 
 
+def input_space(real: VolumeSet, fake: VolumeSet, space: Space) -> str:
+    """How the files' intensities were read: HU, or model space and the mapping that brought each set back to HU."""
+    if space == "hu":
+        return "HU"
+    described = {s.mapping.describe() for s in (real, fake) if s.mapping is not None}
+    via = described.pop() if len(described) == 1 else f"real: {real.mapping.describe()}, fake: {fake.mapping.describe()}"  # type: ignore[union-attr]
+    return f"model space, mapped back to HU through the generating model's mapping ({via})"
+
+
 def base_protocol(real: VolumeSet, fake: VolumeSet, space: Space, resize: ResizePolicy) -> dict:
     """The data part of the protocol: set sizes and sources, intensity convention, sizes and resizing."""
     return {
@@ -37,7 +46,7 @@ def base_protocol(real: VolumeSet, fake: VolumeSet, space: Space, resize: Resize
         "n_fake": len(fake),
         "real_source": real.source,
         "fake_source": fake.source,
-        "input_space": "HU" if space == "hu" else "model space [-1, 1] (mapped to HU with the [-1000, 1000] window)",
+        "input_space": input_space(real, fake, space),
         "intensity": INTENSITY_LABEL,
         "image_size": list(real.shape),
         "resize": resize,

@@ -16,8 +16,8 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
 from prdit.evaluation import anatomy
-from prdit.evaluation.anatomy import TISSUE_RANGES
 from prdit.evaluation.descriptions import lookup
+from prdit.hu import TISSUE_BANDS_HU
 
 HISTOGRAM_RANGE = (-1100.0, 1500.0)  # HU; values outside are counted in the first/last bin
 HISTOGRAM_BIN_HU = 10.0
@@ -64,14 +64,14 @@ def hu_histogram_distance(real: np.ndarray, fake: np.ndarray) -> dict:
 
 
 def tissue_fractions(volumes: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-volume fraction of voxels in each tissue HU range (``TISSUE_RANGES``): {tissue: [N]}."""
+    """Per-volume fraction of voxels in each tissue HU range (``TISSUE_BANDS_HU``): {tissue: [N]}."""
     flat = volumes.reshape(len(volumes), -1)
-    return {name: ((flat >= low) & (flat < high)).mean(axis=1) for name, (low, high) in TISSUE_RANGES.items()}
+    return {name: ((flat >= low) & (flat < high)).mean(axis=1) for name, (low, high) in TISSUE_BANDS_HU.items()}
 
 
 def _fraction_comparison(real_fractions: dict, fake_fractions: dict) -> dict:
     result: dict = {}
-    for name, (low, high) in TISSUE_RANGES.items():
+    for name, (low, high) in TISSUE_BANDS_HU.items():
         r, f = real_fractions[name], fake_fractions[name]
         result[name] = {
             "hu_range": [low, None if np.isinf(high) else high],

@@ -198,8 +198,8 @@ def restore_command(args: argparse.Namespace) -> None:
     if truth is not None:
         truth_tensor = _tensor(truth.array)
         sidecar["metrics"] = {
-            "restored": reconstruction_metrics(op, restored, truth_tensor, y),
-            "baseline": reconstruction_metrics(op, baseline, truth_tensor, y),
+            "restored": reconstruction_metrics(op, restored, truth_tensor, y, pipeline.mapping.hu_range()),
+            "baseline": reconstruction_metrics(op, baseline, truth_tensor, y, pipeline.mapping.hu_range()),
         }
         rows += [("truth", truth.array, "hu"), ("|error| baseline", np.abs(baseline[0, 0].numpy() - truth.array), "error"),
                  ("|error| restored", np.abs(restored[0, 0].numpy() - truth.array), "error")]

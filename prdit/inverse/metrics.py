@@ -1,4 +1,5 @@
-"""Reconstruction quality against a known truth: PSNR and SSIM over a HU window, tissue-band errors, data consistency."""
+"""Reconstruction quality against a known truth: PSNR and SSIM over the prior's HU window (the range its samples
+can take: ``pipeline.mapping.hu_range()``), tissue-band errors, data consistency."""
 
 from __future__ import annotations
 
@@ -6,27 +7,21 @@ import math
 
 import torch
 
+from prdit.hu import TISSUE_BANDS_HU
 from prdit.inverse.operators import Operator
 
-#: HU window the image metrics are computed over (values are clipped to it first).
-METRIC_WINDOW = (-1000.0, 1000.0)
-#: Tissue bands by the truth's HU: [low, high).
-TISSUE_BANDS: dict[str, tuple[float, float]] = {
-    "air": (-math.inf, -950.0),
-    "lung": (-950.0, -500.0),
-    "fat_soft": (-200.0, 150.0),
-    "bone": (150.0, math.inf),
-}
+#: Bands by the truth's HU, [low, high): air below the lung band, then the tissue bands of every metric.
+ERROR_BANDS_HU: dict[str, tuple[float, float]] = {"air": (-math.inf, TISSUE_BANDS_HU["lung"][0]), **TISSUE_BANDS_HU}
 
 
-def psnr(estimate: torch.Tensor, truth: torch.Tensor, window: tuple[float, float] = METRIC_WINDOW) -> float:
+def psnr(estimate: torch.Tensor, truth: torch.Tensor, window: tuple[float, float]) -> float:
     """Peak signal-to-noise ratio (dB) with both clipped to ``window`` and its width as the peak."""
     low, high = window
     mse = float(((estimate.clamp(low, high) - truth.clamp(low, high)) ** 2).mean())
     return math.inf if mse == 0 else 10 * math.log10((high - low) ** 2 / mse)
 
 
-def ssim(estimate: torch.Tensor, truth: torch.Tensor, window: tuple[float, float] = METRIC_WINDOW) -> float:
+def ssim(estimate: torch.Tensor, truth: torch.Tensor, window: tuple[float, float]) -> float:
     """3D SSIM (MONAI, Gaussian 7^3 window) of [1, 1, D, H, W] volumes clipped to ``window``."""
     from monai.metrics.regression import SSIMMetric
 
@@ -37,9 +32,9 @@ def ssim(estimate: torch.Tensor, truth: torch.Tensor, window: tuple[float, float
 
 
 def tissue_errors(estimate: torch.Tensor, truth: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Per band of :data:`TISSUE_BANDS` (by the truth's HU): mean absolute error and signed mean error (bias), HU."""
+    """Per band of :data:`ERROR_BANDS_HU` (by the truth's HU): mean absolute error and signed mean error (bias), HU."""
     out = {}
-    for band, (low, high) in TISSUE_BANDS.items():
+    for band, (low, high) in ERROR_BANDS_HU.items():
         inside = (truth >= low) & (truth < high)
         if inside.any():
             error = (estimate - truth)[inside]
@@ -52,11 +47,14 @@ def data_consistency(op: Operator, estimate: torch.Tensor, y: torch.Tensor) -> f
     return float(torch.linalg.vector_norm(op(estimate) - y) / torch.linalg.vector_norm(y).clamp(min=1e-12))
 
 
-def reconstruction_metrics(op: Operator, estimate: torch.Tensor, truth: torch.Tensor, y: torch.Tensor) -> dict:
-    """All of the above for one [1, 1, D, H, W] HU reconstruction."""
+def reconstruction_metrics(
+    op: Operator, estimate: torch.Tensor, truth: torch.Tensor, y: torch.Tensor, window: tuple[float, float]
+) -> dict:
+    """All of the above for one [1, 1, D, H, W] HU reconstruction; PSNR and SSIM over ``window`` (the prior's)."""
     return {
-        "psnr": psnr(estimate, truth),
-        "ssim": ssim(estimate, truth),
+        "window_hu": [float(window[0]), float(window[1])],
+        "psnr": psnr(estimate, truth, window),
+        "ssim": ssim(estimate, truth, window),
         "tissue": tissue_errors(estimate, truth),
         "data_consistency": data_consistency(op, estimate, y),
     }

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from prdit.errors import PrditError
+from prdit.hu import AIR_HU
 
 #: Linear attenuation coefficient of water (1/mm) at about 70 keV, for HU -> mu = MU_WATER (1 + HU / 1000).
 MU_WATER = 0.02
@@ -31,8 +32,6 @@ MU_WATER = 0.02
 DENSE_LIMIT = 1 << 23
 #: Fewest views for which the X-ray baseline is filtered backprojection (below: normalised backprojection).
 FBP_MIN_VIEWS = 6
-#: HU of air: the blur operator works on attenuation HU + 1000, which is zero outside the body.
-AIR_HU = -1000.0
 
 
 def _spatial(shape: Sequence[int], what: str) -> tuple[int, int, int]:

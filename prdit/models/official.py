@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from prdit.errors import CheckpointError
+from prdit.hu import OFFICIAL_HU_RANGE
 from prdit.models.registry import STANDARD_STRIDE, ModelSpec, parse_model_name
 
 Tensors = dict[str, torch.Tensor]
@@ -166,9 +167,6 @@ OFFICIAL_TASKS: dict[str, dict[str, Any]] = {
     "lidc": {"percentile": 99.9, "scale": "signed", "spacing_256": 1.0},
     "rad_chestct": {"percentile": 99.5, "scale": "unit", "spacing_256": 0.8},
 }
-#: HU range samples are mapped back to when none is given: the official per-volume range is [-1000 (air),
-#: the volume's own 99.9th / 99.5th percentile], which for chest CT lies near 1000 HU.
-DEFAULT_OFFICIAL_HU_RANGE = (-1000.0, 1000.0)
 
 
 def is_official_checkpoint(state: object) -> bool:
@@ -184,7 +182,7 @@ def from_official_checkpoint(state: dict, hu_range: tuple[float, float] | None =
 
     The model name, volume size and dataset come from the checkpoint's ``config``. Official checkpoints carry
     no HU mapping (the paper min-max normalises each volume on its own), so samples map back to HU through
-    ``hu_range`` (default :data:`DEFAULT_OFFICIAL_HU_RANGE`); ``meta["source"]`` records the range and whether it
+    ``hu_range`` (default :data:`prdit.hu.OFFICIAL_HU_RANGE`); ``meta["source"]`` records the range and whether it
     was given or assumed, and sampling copies that into every sidecar.
     """
     config = state.get("config")
@@ -203,7 +201,7 @@ def from_official_checkpoint(state: dict, hu_range: tuple[float, float] | None =
     image_size = int(data_config.get("image_size", 128))
     facts = OFFICIAL_TASKS[task]
     given = hu_range is not None
-    low, high = (float(v) for v in (hu_range if hu_range is not None else DEFAULT_OFFICIAL_HU_RANGE))
+    low, high = (float(v) for v in (hu_range if hu_range is not None else OFFICIAL_HU_RANGE))
     if not high > low:
         raise CheckpointError(f"HU range [{low}, {high}] needs LOW < HIGH")
     weights = {key: from_official(state[key], stride) for key in ("model", "ema") if isinstance(state.get(key), dict)}

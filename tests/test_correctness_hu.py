@@ -54,6 +54,12 @@ def test_hu_constants_are_defined_in_one_module_only():
     strays = {f"{path.relative_to(PACKAGE)}:{name}" for path in PACKAGE.rglob("*.py") if path.name != "hu.py"
               for name, value in _module_constants(path).items() if value in conventions and ("HU" in name or "WINDOW" in name)}
     assert not strays, sorted(strays)
+    names = set(_module_constants(PACKAGE / "hu.py"))
+    through = {f"{path.relative_to(PACKAGE.parent)}: {node.module}.{alias.name}"
+               for path in [*PACKAGE.rglob("*.py"), *PACKAGE.parent.glob("tests/*.py"), *PACKAGE.parent.glob("benchmarks/*.py")]
+               for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom) and node.module != "prdit.hu"
+               for alias in node.names if alias.name in names}
+    assert not through, sorted(through)  # imported from prdit.hu itself, not re-exported by another module
 
 
 def test_the_mapping_default_is_the_training_default():

@@ -3,7 +3,6 @@ import pytest
 from dicom_factory import ramp_volume, read_instance, truncate, write_localizer, write_series
 
 from prdit.data.dicom import (
-    AIR_HU,
     axial_rejection_reason,
     group_series,
     load_series,
@@ -13,6 +12,7 @@ from prdit.data.dicom import (
     to_sitk_image,
 )
 from prdit.errors import DataError
+from prdit.hu import AIR_HU
 
 
 def _series(folder, **kwargs):

@@ -31,7 +31,7 @@ from typing import Literal, cast
 
 import numpy as np
 
-from prdit.data.dicom import OUT_OF_FIELD_HU, DicomCase, load_series, to_sitk_image
+from prdit.data.dicom import DicomCase, load_series, to_sitk_image
 from prdit.data.manifest import STATUS_OK, STATUS_SKIPPED, ManifestRow, read_manifest, split_paths, write_manifest
 from prdit.data.preprocess import (
     MANIFEST_NAME,
@@ -44,8 +44,9 @@ from prdit.data.preprocess import (
     resample_cube,
     run_cases,
 )
-from prdit.data.volume_ops import AIR_HU, BODY_THRESHOLD_HU, body_center
+from prdit.data.volume_ops import body_center
 from prdit.errors import DataError
+from prdit.hu import AIR_HU, BODY_THRESHOLD_HU, OUT_OF_FIELD_HU
 from prdit.io import atomic_write_text, ensure_writable, save_nifti, sha256_file, volume_stem
 
 #: File suffixes read through SimpleITK (DICOM files are recognised by their header, whatever their name).

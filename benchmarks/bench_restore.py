@@ -28,8 +28,7 @@ from tqdm.auto import tqdm
 from benchmarks import common
 from prdit.data.phantom import generate_phantom
 from prdit.demo import SHIPPED_WEIGHTS
-from prdit.inverse import Deblurring, Inpainting, Operator, SparseViewXray, SuperResolution, uniform_angles
-from prdit.inverse.command import central_cube_mask
+from prdit.inverse import Deblurring, Inpainting, Operator, SparseViewXray, SuperResolution, central_cube_mask, uniform_angles
 from prdit.inverse.metrics import ERROR_BANDS_HU, reconstruction_metrics
 from prdit.io import atomic_write_text
 from prdit.sample import load_pipeline

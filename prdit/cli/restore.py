@@ -81,6 +81,6 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_restore(args: argparse.Namespace) -> None:
-    from prdit.inverse.command import restore_command
+    from prdit.cli.restore_command import restore_command
 
     restore_command(args)

@@ -19,11 +19,12 @@ from prdit.inverse.operators import (
     Operator,
     SparseViewXray,
     SuperResolution,
+    central_cube_mask,
     uniform_angles,
 )
 from prdit.inverse.restore import sample_posterior
 
 __all__ = [
-    "Operator", "Identity", "SuperResolution", "Inpainting", "Deblurring", "SparseViewXray", "uniform_angles",
+    "Operator", "Identity", "SuperResolution", "Inpainting", "Deblurring", "SparseViewXray", "uniform_angles", "central_cube_mask",
     "DataConsistency", "conjugate_gradient_least_squares", "measurement_guidance", "sample_posterior",
 ]

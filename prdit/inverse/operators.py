@@ -190,6 +190,16 @@ class Inpainting(Operator):
         return {"name": self.name, "measured_fraction": round(float(self.mask.float().mean()), 6)}
 
 
+def central_cube_mask(shape: tuple[int, int, int], missing: float) -> np.ndarray:
+    """True everywhere except a central cube whose side is ``missing`` of each axis (TF-PRDiT's infilling mask)."""
+    if not 0 < missing < 1:
+        raise PrditError(f"--missing must be between 0 and 1, got {missing}")
+    mask = np.ones(shape, dtype=bool)
+    cube = tuple(slice((s - round(s * missing)) // 2, (s - round(s * missing)) // 2 + round(s * missing)) for s in shape)
+    mask[cube] = False
+    return mask
+
+
 def gaussian_kernel(sigma: float, kernel_size: int) -> torch.Tensor:
     """The normalised 1D Gaussian of standard deviation ``sigma`` voxels over ``kernel_size`` taps."""
     offsets = torch.arange(kernel_size, dtype=torch.float64) - (kernel_size - 1) / 2

@@ -1,5 +1,6 @@
 """The work behind ``prdit restore``: read (or simulate) a measurement, build its operator with the right geometry,
-restore with a pipeline, write the NIfTI, sidecar and PNG."""
+restore with a pipeline, write the NIfTI, sidecar and PNG (and the HTML report). Imported only when the command
+runs (``prdit.cli.restore`` holds its arguments), so that ``prdit --help`` loads neither torch nor the library."""
 
 from __future__ import annotations
 
@@ -21,20 +22,11 @@ from prdit.inverse.operators import (
     Operator,
     SparseViewXray,
     SuperResolution,
+    central_cube_mask,
     uniform_angles,
 )
 from prdit.inverse.outputs import render_restoration, upsampled_affine, write_restoration
 from prdit.io import Volume, centered_origin, load_volume, nifti_affine, save_nifti
-
-
-def central_cube_mask(shape: tuple[int, int, int], missing: float) -> np.ndarray:
-    """True everywhere except a central cube whose side is ``missing`` of each axis (TF-PRDiT's infilling mask)."""
-    if not 0 < missing < 1:
-        raise PrditError(f"--missing must be between 0 and 1, got {missing}")
-    mask = np.ones(shape, dtype=bool)
-    cube = tuple(slice((s - round(s * missing)) // 2, (s - round(s * missing)) // 2 + round(s * missing)) for s in shape)
-    mask[cube] = False
-    return mask
 
 
 def parse_angles(angles: str | None, views: int | None) -> list[float]:

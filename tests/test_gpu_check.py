@@ -46,6 +46,23 @@ def test_reference_ratios_are_their_time_over_ours_and_our_peak_over_theirs():
                       "prdit-ckpt vs reference": {"speed": 1.6, "peak_memory": 0.2}}
 
 
+def test_goals_are_judged_against_the_official_code_when_it_ran():
+    def reference_row(speed, memory, official):
+        sides = {"prdit": {}, "official": {"seconds_median": 1.0} if official else {"error": "ImportError"}}
+        base = "official" if official else "reference"
+        return {"sides": sides, "ratios": {f"prdit vs {base}": {"speed": speed}, f"prdit-ckpt vs {base}": {"peak_memory": memory}}}
+
+    large = {"rows": [{"case": "XL/12/4", "checkpointing": True, "peak_bytes": 70e9},
+                      {"case": "XL/12/4", "checkpointing": False, "peak_bytes": 95e9}]}
+    lines = gpu_check.goal_lines({"reference": {"rows": [reference_row(1.6, 0.8, True), reference_row(1.7, 0.6, True)]}, "large": large})
+    assert "- prdit >= 1.5x the official step speed (bf16): met (x1.60, x1.70)" in lines
+    assert "- prdit with checkpointing <= 0.7x the official peak memory: not met (x0.80, x0.60)" in lines
+    assert "- 256^3 XL/12/4 step with checkpointing in 80 GB: met (70.0 GB)" in lines
+    lines = gpu_check.goal_lines({"reference": {"rows": [reference_row(1.2, 0.5, False)]}, "large": {"rows": []}})
+    assert "- prdit >= 1.5x the reference step speed (bf16): not met (x1.20)" in lines
+    assert "- 256^3 XL/12/4 step with checkpointing in 80 GB: not measured" in lines
+
+
 def test_recorder_keeps_every_row_written_so_far(tmp_path):
     recorder = gpu_check.Recorder(tmp_path, "large", gpu_check.DRY, dry_run=True)
     recorder.add({"case": "T/6/2", "seconds_median": 0.1})
@@ -94,7 +111,8 @@ def test_dry_run_writes_every_step_and_the_summary(tmp_path):
     samplers = [(row["sampler"], row["estimated"]) for row in results["sampling"]["rows"]]
     assert samplers == [("ian-2m", False), ("ian-pc", True)]
     stages = {row["stage"]: row for row in results["phantom"]["rows"]}
-    assert stages[1]["steps"] >= 2 and stages[2]["model"] == "PRDiT-T/6/2"
+    assert stages[1]["steps"] == stages[2]["steps"] == 3  # 2 calibration steps, then resumed for 1 more
+    assert stages[2]["model"] == "PRDiT-T/6/2"
     assert stages["evaluation"]["w1_hu"] >= 0 and set(stages["evaluation"]["tissue_fractions"]) >= {"lung", "soft_tissue"}
     summary = (tmp_path / "gpu" / "summary.md").read_text()
     headings = ["## 1. CUDA-marked tests", "## 2. Training step", "## 3. 256^3", "## 4. Sampling", "## 5. Phantom"]

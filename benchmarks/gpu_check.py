@@ -225,6 +225,7 @@ def official_builder(src: Path, case: str, size: int, batch: int, device: str, s
     Its ``util`` module (imported by ``models.models`` for one helper) also imports wandb and the training data
     code, which a GPU machine may lack: a stand-in module with that helper is used when it does not import.
     """
+    import importlib
     import types
 
     def requires_grad(model: torch.nn.Module, flag: bool = True) -> None:
@@ -234,9 +235,13 @@ def official_builder(src: Path, case: str, size: int, batch: int, device: str, s
     if str(src) not in sys.path:
         sys.path.insert(0, str(src))
     try:
-        import util  # noqa: F401
+        usable = hasattr(importlib.import_module("util"), "requires_grad")
     except ImportError:
-        sys.modules["util"] = types.SimpleNamespace(requires_grad=requires_grad)  # type: ignore[assignment]
+        usable = False
+    if not usable:
+        stand_in = types.ModuleType("util", "stand-in for the official util.py: the one helper its models import")
+        stand_in.requires_grad = requires_grad  # type: ignore[attr-defined]
+        sys.modules["util"] = stand_in
     from models import PRDiT_models  # the official registry
 
     def build() -> tuple:

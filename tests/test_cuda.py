@@ -162,6 +162,12 @@ def test_restore_on_cuda_matches_the_cpu(shipped):
     assert gpu.shape == cpu.shape == truth.shape
     assert (gpu.float().cpu() - cpu).abs().mean() < 2.0  # HU
     assert (op(gpu.float().cpu()) - y).abs().mean() < (op(torch.zeros_like(truth)) - y).abs().mean() / 10
+    shipped[DEVICE.type].precision = "bf16"
+    try:
+        bf16 = shipped[DEVICE.type].restore(y, op, steps=8, seed=0)
+    finally:
+        shipped[DEVICE.type].precision = "fp32"
+    assert (bf16.float().cpu() - cpu).abs().mean() < 25.0  # HU: the measurement anchors both
 
 
 def test_training_steps_on_cuda_then_sampling(tmp_path):

@@ -46,7 +46,7 @@ from prdit.data.preprocess import (
 )
 from prdit.data.volume_ops import body_center
 from prdit.errors import DataError
-from prdit.hu import AIR_HU, BODY_THRESHOLD_HU, OUT_OF_FIELD_HU
+from prdit.hu import AIR_HU, BODY_THRESHOLD_HU, OUT_OF_FIELD_HU, TISSUE_BANDS_HU
 from prdit.io import atomic_write_text, ensure_writable, save_nifti, sha256_file, volume_stem
 
 #: File suffixes read through SimpleITK (DICOM files are recognised by their header, whatever their name).
@@ -94,7 +94,7 @@ def not_ct_reason(hu: np.ndarray) -> str | None:
     if body.size == 0:
         return f"no voxel above {BODY_THRESHOLD_HU:g} HU"
     median = float(np.median(body))
-    low, high = -190.0, 150.0  # from fat to soft tissue (the tissue ranges of prdit.evaluation.anatomy)
+    low, high = TISSUE_BANDS_HU["fat"][0], TISSUE_BANDS_HU["soft_tissue"][1]
     if not low <= median < high:
         return f"the body's median is {median:.0f} HU, not fat or soft tissue ({low:g} to {high:g} HU)"
     return None
@@ -119,7 +119,7 @@ def hu_offset_for(array: np.ndarray, hu_offset: float | None) -> tuple[float, st
     if reason is not None and low < BODY_THRESHOLD_HU and reason.startswith("no voxel"):
         return offset, action  # air only: a near-empty scan, flagged later
     if reason is not None:
-        shifted = f" after the {offset:+g} offset" if offset else ""
+        shifted = f", shifted by {offset:+g}" if offset else ""
         raise DataError(f"{values}{shifted}: {reason}; not CT (MR-like range?)")
     return offset, action
 

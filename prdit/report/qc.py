@@ -78,7 +78,7 @@ def _card(folder: Path, row: ManifestRow) -> str:
 
 
 def _refused_table(folder: Path, rows: list[ManifestRow]) -> str:
-    entries = [(row.case_id, row.source, row.reason) for row in rows if row.status != STATUS_OK]
+    entries = [(row.case_id, row.source, row.reason.removeprefix(f"{row.source}: ")) for row in rows if row.status != STATUS_OK]
     report = folder / SKIPPED_NAME
     if report.is_file():  # files that never became a case (unreadable DICOM files, rejected series)
         with open(report, newline="") as handle:

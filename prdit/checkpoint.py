@@ -193,7 +193,8 @@ def load_pretrained(model: PRDiT, path: str | os.PathLike, weights: str = "ema")
     if source is None:
         raise CheckpointError(f"{path}: no '{weights}' weights in the checkpoint")
     target = model.state_dict()
-    report = LoadReport(intensity=None if is_official_checkpoint(state) else state.get("meta", {}).get("intensity"))
+    # A converted official checkpoint's intensity is the official per-volume min-max: checked like a prdit one.
+    report = LoadReport(intensity=state.get("meta", {}).get("intensity"))
     for key, tensor in target.items():
         if key not in source:
             report.new.append(key)

@@ -180,3 +180,108 @@ def test_every_ddp_rank_keeps_the_same_ema_and_only_rank_0_validates(blob_data, 
     for key, value in ranks[0]["ema"].items():
         assert torch.equal(value, ranks[1]["ema"][key]), key
     assert [r["validations"] for r in ranks] == [2, 0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 2. Measurement guidance and its operators run in fp32 whatever the network's precision
+# ----------------------------------------------------------------------------------------------------------
+
+
+def blurred_ball():
+    from prdit.inverse import Deblurring
+
+    grid = torch.stack(torch.meshgrid(*[torch.arange(16.0)] * 3, indexing="ij"))
+    truth = torch.where((grid - 7.5).norm(dim=0) < 5, 300.0, -800.0)[None, None]
+    op = Deblurring(sigma=1.5)
+    return op, op(truth)
+
+
+@pytest.mark.parametrize("operator", ["deblurring", "xray"])
+def test_guidance_under_bf16_autocast_computes_what_fp32_guidance_does(operator):
+    from prdit.inverse import DataConsistency, SparseViewXray, measurement_guidance
+
+    op, y = blurred_ball()
+    if operator == "xray":
+        op = SparseViewXray([0.0, 60.0, 120.0], (16, 16, 16))
+        y = op(torch.zeros(1, 1, 16, 16, 16) - 200.0)
+    guide = measurement_guidance(op, y, lambda x: 1000 * x, lambda h: h / 1000, DataConsistency(iterations=10))
+    x0_hat = 0.5 * torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    fp32 = guide(x0_hat, 100.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as around a bf16 network's sampling loop
+        mixed = guide(x0_hat, 100.0)
+    assert mixed.dtype == torch.float32
+    residual = lambda x: float((op(1000 * x) - y).square().mean().sqrt())  # noqa: E731  (HU RMS)
+    assert residual(mixed) == pytest.approx(residual(fp32), rel=1e-4)
+    torch.testing.assert_close(mixed, fp32, rtol=0, atol=1e-5)
+
+
+def test_restore_at_bf16_precision_hands_the_operators_fp32():
+    from prdit.demo import SHIPPED_WEIGHTS
+    from prdit.inverse import Deblurring
+    from prdit.sample import load_pipeline
+
+    class Recording(Deblurring):
+        dtypes: set = set()
+
+        def blur(self, v):
+            out = super().blur(v)
+            self.dtypes.add(out.dtype)
+            return out
+
+    pipeline = load_pipeline(SHIPPED_WEIGHTS, device="cpu", precision="bf16")
+    op = Recording(sigma=1.0)
+    y = op(torch.full((1, 1, pipeline.input_size, pipeline.input_size, pipeline.input_size), -500.0))
+    Recording.dtypes.clear()
+    restored = pipeline.restore(y, op, steps=2)
+    assert Recording.dtypes == {torch.float32} and torch.isfinite(restored).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. Guided IaN sampling on the paper's time grid (which ends with a call at phi = 0)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sampler", ["ian-euler", "ian-pc", "ian-2m"])
+def test_guided_sampling_on_the_paper_grid_ends_at_the_guided_x0(sampler):
+    from prdit.diffusion import create_diffusion
+    from prdit.diffusion.testing import MixtureDenoiser
+
+    diffusion = create_diffusion(process="ian")
+    model = MixtureDenoiser(diffusion, [1.0, 1.0], [-0.5, 0.4], [0.1, 0.2])
+    x, x0 = diffusion.sample(model, (2, 1, 4, 4, 4), sampler=sampler, steps=10, grid="paper", progress=False, return_x0=True,
+                             generator=torch.Generator().manual_seed(0), guidance=lambda x0_hat, t: 0.5 * x0_hat)
+    assert torch.isfinite(x).all()
+    # the last call is at phi = 0, where x is its own clean estimate; the guided estimate is half of it
+    torch.testing.assert_close(x0, 0.5 * diffusion.predict_x0(model, x, torch.zeros(2)), rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 9. Converted official checkpoints are well-formed prdit checkpoints
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_converted_official_checkpoint_has_prdit_metadata(tmp_path):
+    from test_official import write_official_checkpoint
+
+    from prdit.checkpoint import CheckpointMeta
+    from prdit.models.official import from_official_checkpoint
+
+    meta = CheckpointMeta.from_dict(from_official_checkpoint(write_official_checkpoint(tmp_path / "a.pt"))["meta"], "a.pt")
+    assert meta.fine_tuned == []  # a list of parameter names, as every prdit checkpoint has
+    assert isinstance(meta.local_frozen, bool) and meta.depth == 1
+
+
+def test_stage2_from_an_official_stage1_checkpoint_checks_its_preprocessing(blob_data, tmp_path):
+    from test_official import write_official_checkpoint
+
+    from prdit.checkpoint import load_pretrained
+    from prdit.errors import ConfigError
+    from prdit.models import create_model
+
+    write_official_checkpoint(tmp_path / "stage1.pt", name="PRDiT-XS/10/0")
+    report = load_pretrained(create_model("PRDiT-XS/10/2", input_size=16), tmp_path / "stage1.pt")
+    assert report.intensity is not None and report.intensity["mode"] == "paper"  # the official per-volume min-max
+    config = make_config(blob_data, tmp_path / "runs", model="PRDiT-XS/10/2", total_steps=1).with_pretrained(tmp_path / "stage1.pt")
+    config.model.stride = 8  # the official standard models' stride
+    with pytest.raises(ConfigError, match=r"trained on per-volume min-max \(percentile 99.9\).*maps HU window"):
+        train(config, quiet())

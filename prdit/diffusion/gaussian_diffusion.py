@@ -108,7 +108,9 @@ class IaNDiffusion(Diffusion):
         if guidance is not None:
             guided = guidance(x0_hat, t).float()
             # Keep the heads' residual x - cos x0_hat - sin eps_hat: eps_hat is unchanged where guidance leaves
-            # x0_hat alone, and consistent with the guided x0_hat where it changes it.
-            eps_hat = eps_hat + math.cos(phi) / math.sin(phi) * (x0_hat - guided)
+            # x0_hat alone, and consistent with the guided x0_hat where it changes it. At phi = 0 (the paper
+            # grid's last call) x is x0 itself and eps_hat has no weight in it: it stays the network's.
+            if math.sin(phi) > 0:
+                eps_hat = eps_hat + math.cos(phi) / math.sin(phi) * (x0_hat - guided)
             x0_hat = guided
         return x0_hat, eps_hat

@@ -88,8 +88,10 @@ def measurement_guidance(
     def guide(x0_hat: torch.Tensor, t: float) -> torch.Tensor:
         if iterations == 0:
             return x0_hat
-        start = to_hu(x0_hat.clamp(-1, 1))
-        target = y.to(start).expand(start.shape[0], *y.shape[1:])
-        return to_model(conjugate_gradient_least_squares(op, target, start, iterations))
+        # fp32 whatever the network's precision: under bf16 autocast the operators' matrix products would round
+        with torch.autocast(x0_hat.device.type, enabled=False):
+            start = to_hu(x0_hat.float().clamp(-1, 1))
+            target = y.to(start).expand(start.shape[0], *y.shape[1:])
+            return to_model(conjugate_gradient_least_squares(op, target, start, iterations))
 
     return guide

@@ -209,7 +209,7 @@ def from_official_checkpoint(state: dict, hu_range: tuple[float, float] | None =
     meta = {
         "model_name": spec.name, "input_size": image_size, "stride": stride,
         "in_channels": int(model_config.get("in_channels", 1)), "out_channels": 2, "depth": spec.depth,
-        "local_frozen": spec.depth > 0, "fine_tuned": False,
+        "local_frozen": spec.depth > 0, "fine_tuned": [],
         "intensity": {"mode": "paper", "window": [low, high], "percentile": facts["percentile"],
                       "reference_range": [low, high], "scale": facts["scale"]},
         "spacing": [spacing] * 3,

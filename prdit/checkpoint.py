@@ -12,7 +12,7 @@ import os
 import pickle
 import re
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -42,19 +42,25 @@ class CheckpointMeta:
     intensity: dict  # IntensityMapping.to_dict()
     spacing: list[float]  # (sz, sy, sx) mm of the training volumes
     diffusion: dict  # DiffusionConfig as JSON
+    # A conditional model's {"labels": {name: value in its label maps}, "attributes": [names], "dropout": p};
+    # None for an unconditional one (and in checkpoints written before conditions existed).
+    condition: dict | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if values["condition"] is None:  # unconditional checkpoints keep the metadata they always had
+            del values["condition"]
+        return values
 
     @classmethod
     def from_dict(cls, meta: dict | None, source: str | os.PathLike) -> CheckpointMeta:
         """The metadata of a checkpoint's ``meta`` entry; a missing entry or key names ``source``."""
         if not meta:
             raise CheckpointError(f"{source}: the checkpoint has no 'meta' entry (model name, size); was it written by prdit?")
-        missing = [f.name for f in fields(cls) if f.name not in meta]
+        missing = [f.name for f in fields(cls) if f.name not in meta and f.default is MISSING]
         if missing:
             raise CheckpointError(f"{source}: the checkpoint's 'meta' lacks {', '.join(missing)}; was it written by this prdit version?")
-        return cls(**{f.name: meta[f.name] for f in fields(cls)})
+        return cls(**{f.name: meta[f.name] for f in fields(cls) if f.name in meta})
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:

@@ -53,6 +53,7 @@ class DataConfig(Section):
         "signed", description="paper: signed = 2x - 1 (official LIDC loader, the paper's text); unit = [0, 1] (official RAD loader)"
     )
     pool: int = Field(1, ge=1, description="integer average-pool factor applied when loading (256^3 -> 128^3: 2)")
+    labels: str | None = Field(None, description="folder of label maps named like the volumes (default: ROOT/labels), for conditional models")
     flip_axes: list[int] = Field(default_factory=list, description="array axes (0=z, 1=y, 2=x) randomly flipped in training")
     cache: bool = Field(True, description="keep loaded volumes in memory")
     num_workers: int = Field(0, ge=0)
@@ -73,6 +74,35 @@ class DataConfig(Section):
         return value
 
 
+class ConditionConfig(Section):
+    """What a conditional model sees besides the noisy volume (docs/conditional.md); empty lists: unconditional."""
+
+    labels: list[str] = Field(default_factory=list, description="label names (of the data's labels.json), one-hot channels in every token")
+    attributes: list[str] = Field(default_factory=list, description="scalar attributes embedded into adaLN, e.g. body_diameter_mm")
+    dropout: float = Field(0.1, ge=0, lt=1, description="probability of dropping the condition (and each part) in training")
+
+    @field_validator("attributes")
+    @classmethod
+    def _known_attributes(cls, names: list[str]) -> list[str]:
+        from prdit.data.conditions import ATTRIBUTES
+
+        unknown = [name for name in names if name not in ATTRIBUTES]
+        if unknown:
+            raise ValueError(f"unknown attribute {unknown[0]!r}; known: {', '.join(ATTRIBUTES)}")
+        return names
+
+    @field_validator("labels", "attributes")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"names must be distinct, got {names}")
+        return names
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.labels or self.attributes)
+
+
 class ModelConfig(Section):
     name: str = Field("PRDiT-B/12/0", description="PRDiT-{T,XS,S,B,L,XL}/{patch}/{depth}; depth 0 is stage 1")
     stride: int | None = Field(None, ge=1, description="output block edge S (default 8; required for small patches)")
@@ -83,6 +113,10 @@ class ModelConfig(Section):
     )
     init_gain: float = Field(0.1, gt=0, description="xavier gain of the global DiT's linear layers (paper: 0.1)")
     grad_checkpoint: bool = False
+    freeze_local: bool = Field(
+        True, description="stage 2 freezes the loaded local denoiser; false fine-tunes it too (e.g. a conditional model's local path)"
+    )
+    condition: ConditionConfig = Field(default_factory=ConditionConfig)
 
     @field_validator("name")
     @classmethod

@@ -24,15 +24,33 @@ from tqdm.auto import tqdm
 
 from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, load_checkpoint, load_exported
+from prdit.conditioning import SampleCondition, build_condition
 from prdit.config import DiffusionConfig
 from prdit.data.intensity import IntensityMapping
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import CheckpointError, PrditError
 from prdit.io import atomic_write_text, ensure_writable, load_volume, save_nifti, sha256_file
-from prdit.models import PRDiT, create_model
+from prdit.models import GuidedModel, PRDiT, create_model
 from prdit.models.official import from_official_checkpoint, is_official_checkpoint
 from prdit.runs import resolve_checkpoint
 from prdit.runtime import autocast_for, resolve_device
+
+
+ASSETS = Path(__file__).parent / "assets"
+#: Weights shipped inside the package, by the name ``--pretrained`` takes.
+PRETRAINED: dict[str, Path] = {
+    "phantom": ASSETS / "phantom-32.safetensors",  # unconditional PRDiT-T/6/4, 32^3 phantoms
+    "phantom-mask": ASSETS / "phantom-mask-32.safetensors",  # conditional on label maps and attributes (docs/conditional.md)
+}
+
+
+def pretrained_weights(name: str) -> Path:
+    """The shipped weights file of a ``--pretrained`` name."""
+    if name not in PRETRAINED:
+        raise PrditError(f"unknown pretrained model {name!r}; shipped: {', '.join(PRETRAINED)}")
+    if not PRETRAINED[name].is_file():
+        raise PrditError(f"{PRETRAINED[name]}: the shipped weights of {name!r} are missing from this installation")
+    return PRETRAINED[name]
 
 
 def volume_name(seed: int) -> str:
@@ -54,6 +72,7 @@ class Pipeline:
     weights: str = "ema"
     precision: str = "auto"
     info: dict = field(default_factory=dict)
+    condition_spec: dict | None = None  # a conditional model's label values and attribute names (meta.condition)
 
     def initial_noise(self, seed: int) -> torch.Tensor:
         """The starting noise of the volume with this seed (drawn on the CPU so every device agrees)."""
@@ -61,33 +80,56 @@ class Pipeline:
         shape = (1, self.model.in_channels) + (self.input_size,) * 3
         return torch.randn(shape, generator=generator)
 
+    def condition(
+        self, mask: str | os.PathLike | np.ndarray | None = None, attributes: dict[str, float] | None = None,
+        guidance_scale: float | None = None,
+    ) -> SampleCondition | None:
+        """A checked sampling condition for this model (None when nothing is asked for); see :mod:`prdit.conditioning`."""
+        return build_condition(self.condition_spec, (self.input_size,) * 3, self.spacing, mask, attributes, guidance_scale,
+                               self.model.name)
+
+    def network(self, batch: int, condition: SampleCondition | None) -> torch.nn.Module:
+        """What the sampler calls: the model, or the model under classifier-free guidance with ``condition``."""
+        if condition is None:
+            return self.model
+        assert self.condition_spec is not None  # build_condition refuses conditions for unconditional models
+        return GuidedModel(self.model, condition.tensors(self.condition_spec, batch, self.device), condition.guidance_scale)
+
     @torch.inference_mode()  # no autograd bookkeeping at all during sampling (faster than no_grad)
     def sample_model_space(
         self, seeds: list[int], steps: int | None = None, sampler: str | None = None, progress: bool = False,
-        return_x0: bool = False, grid: str = "prdit",
+        return_x0: bool = False, grid: str = "prdit", condition: SampleCondition | None = None,
     ):
         """One batch of volumes in model space [-1, 1] (and the final x0_hat when ``return_x0``); ``grid="paper"``
-        walks the paper code's time grid (see :meth:`prdit.diffusion.IaNDiffusion.angles`)."""
+        walks the paper code's time grid (see :meth:`prdit.diffusion.IaNDiffusion.angles`); ``condition``: from
+        :meth:`condition`, for a conditional model."""
         noise = torch.cat([self.initial_noise(seed) for seed in seeds]).to(self.device)
         generators = [torch.Generator(device=self.device).manual_seed(seed + 1) for seed in seeds]
         with autocast_for(self.precision, self.device):
             result = self.diffusion.sample(
-                self.model, tuple(noise.shape), sampler=sampler, steps=steps, generator=generators, noise=noise,
-                progress=progress, return_x0=return_x0, grid=grid,
+                self.network(len(seeds), condition), tuple(noise.shape), sampler=sampler, steps=steps, generator=generators,
+                noise=noise, progress=progress, return_x0=return_x0, grid=grid,
             )
         return tuple(r.float() for r in result) if return_x0 else result.float()
 
     def sample(
         self, n: int, steps: int | None = None, sampler: str | None = None, seed: int = 0, batch_size: int | None = None,
-        progress: bool = True, grid: str = "prdit",
+        progress: bool = True, grid: str = "prdit", mask: str | os.PathLike | np.ndarray | None = None,
+        attributes: dict[str, float] | None = None, guidance_scale: float | None = None,
     ) -> torch.Tensor:
         """``n`` volumes in HU, [n, 1, D, H, W] on the CPU; volume i uses seed ``seed + i``. ``grid="paper"``: the
-        paper code's time grid (reproduces its samplers; prdit's default grid starts at pure noise)."""
+        paper code's time grid (reproduces its samplers; prdit's default grid starts at pure noise).
+
+        A conditional model also takes ``mask`` (a label NIfTI or uint8 array on the model's grid), ``attributes``
+        (``{"body_diameter_mm": 320}``) and ``guidance_scale`` (classifier-free guidance w: 0 unconditional,
+        1 conditional, > 1 stronger; default :data:`prdit.conditioning.DEFAULT_GUIDANCE_SCALE`).
+        """
+        condition = self.condition(mask, attributes, guidance_scale)
         seeds = list(range(seed, seed + n))
         batch_size = batch_size or n
         chunks = [seeds[i : i + batch_size] for i in range(0, n, batch_size)]
         volumes = [
-            self.mapping.to_hu(self.sample_model_space(chunk, steps, sampler, grid=grid).cpu())
+            self.mapping.to_hu(self.sample_model_space(chunk, steps, sampler, grid=grid, condition=condition).cpu())
             for chunk in tqdm(chunks, desc="sampling", disable=not progress or len(chunks) == 1)
         ]
         return torch.cat(volumes)
@@ -112,7 +154,8 @@ class Pipeline:
                                 guidance=guidance, return_std=return_std, batch_size=batch_size, progress=progress,
                                 return_samples=return_samples)
 
-    def sidecar(self, seed: int, sampler: str, steps: int, grid: str = "prdit") -> dict:
+    def sidecar(self, seed: int, sampler: str, steps: int, grid: str = "prdit", condition: SampleCondition | None = None) -> dict:
+        conditioned = {} if condition is None else {"condition": condition.record(), "condition_sha256": condition.record()["sha256"]}
         return {
             "prdit_version": __version__,
             "model": self.model.name,
@@ -127,13 +170,14 @@ class Pipeline:
             "intensity": self.mapping.to_dict(),
             "spacing_mm": list(self.spacing),
             "units": "HU",
+            **conditioned,
             **self.info,
         }
 
     def save_nifti(
         self, volumes: torch.Tensor | np.ndarray, out_dir: str | os.PathLike, seeds: list[int] | None = None,
         overwrite: bool = False, sampler: str | None = None, steps: int | None = None, previews: bool = True,
-        grid: str = "prdit",
+        grid: str = "prdit", condition: SampleCondition | None = None,
     ) -> list[Path]:
         """Write each HU volume as ``sample_<seed>.nii.gz`` (int16, real affine) + JSON sidecar + PNG montage."""
         from prdit.preview import save_montage
@@ -146,7 +190,7 @@ class Pipeline:
         for seed, volume in zip(seeds, volumes):
             hu = volume[0] if volume.ndim == 4 else volume
             path = save_nifti(out_dir / f"{volume_name(seed)}.nii.gz", hu, self.spacing, dtype=np.int16, overwrite=overwrite)
-            atomic_write_text(out_dir / f"{volume_name(seed)}.json", json.dumps(self.sidecar(seed, sampler, steps, grid), indent=2))
+            atomic_write_text(out_dir / f"{volume_name(seed)}.json", json.dumps(self.sidecar(seed, sampler, steps, grid, condition), indent=2))
             if previews:
                 save_montage(hu, out_dir / f"{volume_name(seed)}.png", spacing=self.spacing, title=f"{self.model.name} seed {seed}")
             paths.append(path)
@@ -194,8 +238,10 @@ def load_pipeline(
     device = resolve_device(device)
     try:
         diffusion = create_diffusion(DiffusionConfig.model_validate(meta.diffusion))
+        condition = meta.condition or {}
         model = create_model(meta.model_name, input_size=meta.input_size, in_channels=meta.in_channels,
-                             out_channels=meta.out_channels, stride=meta.stride)
+                             out_channels=meta.out_channels, stride=meta.stride, label_channels=len(condition.get("labels", {})),
+                             attributes=len(condition.get("attributes", [])))
         mapping = IntensityMapping.from_dict(meta.intensity)
         spacing = tuple(float(s) for s in meta.spacing)
         if len(spacing) != 3 or not all(s > 0 for s in spacing):
@@ -215,6 +261,7 @@ def load_pipeline(
         model=model, diffusion=diffusion, mapping=mapping, spacing=(sz, sy, sx),
         input_size=meta.input_size, device=device, checkpoint=path, checkpoint_sha256=sha256_file(path), weights=weights,
         precision=precision, info={"trained_steps": state.get("step"), **({"source": source} if source else {})},
+        condition_spec=meta.condition,
     )
 
 
@@ -222,6 +269,7 @@ def sample_to_folder(
     pipeline: Pipeline, out_dir: str | os.PathLike, num_volumes: int, batch_size: int = 1, seed: int = 0,
     sampler: str | None = None, steps: int | None = None, overwrite: bool = False, rank: int = 0, world_size: int = 1,
     progress: bool = True, save_raw: bool = False, save_x0: bool = False, grid: bool = True, time_grid: str = "prdit",
+    condition: SampleCondition | None = None,
 ) -> list[Path]:
     """Sample volumes ``seed .. seed + num_volumes - 1`` into ``out_dir``; existing ones are kept and skipped.
 
@@ -232,7 +280,7 @@ def sample_to_folder(
     out_dir = ensure_writable(out_dir, "--output-dir")
     sampler, steps = pipeline.diffusion.resolve(sampler, steps)
     seeds = list(range(seed, seed + num_volumes))[rank::world_size]
-    check_one_source(out_dir, pipeline.sidecar(seed, sampler, steps, time_grid), redone=seeds if overwrite else [])
+    check_one_source(out_dir, pipeline.sidecar(seed, sampler, steps, time_grid, condition), redone=seeds if overwrite else [])
     started = time.time()
 
     def done(s: int) -> bool:  # by an earlier run, or (with overwrite) by another sampler since this one started
@@ -265,11 +313,12 @@ def sample_to_folder(
                 break
             chunk = list(claims)
             began = time.perf_counter()
-            x, x0 = pipeline.sample_model_space(chunk, steps, sampler, progress=False, return_x0=True, grid=time_grid)
+            x, x0 = pipeline.sample_model_space(chunk, steps, sampler, progress=False, return_x0=True, grid=time_grid,
+                                                condition=condition)
             pipeline.info["seconds_per_volume"] = round((time.perf_counter() - began) / len(chunk), 3)
             hu = pipeline.mapping.to_hu(x.cpu())
             written += pipeline.save_nifti(
-                hu, out_dir, seeds=chunk, overwrite=overwrite, sampler=sampler, steps=steps, grid=time_grid
+                hu, out_dir, seeds=chunk, overwrite=overwrite, sampler=sampler, steps=steps, grid=time_grid, condition=condition
             )
             for extra, enabled, suffix in ((x, save_raw, "raw"), (x0, save_x0, "x0")):
                 if enabled:
@@ -287,10 +336,10 @@ def sample_to_folder(
     return written
 
 
-# What makes two samples of one folder comparable: the same weights, sampler, number of steps and time grid
-# (sidecars written before the paper's grid existed used prdit's).
-SOURCE_KEYS = ("checkpoint_sha256", "weights", "sampler", "steps", "time_grid")
-SOURCE_DEFAULTS = {"time_grid": "prdit"}
+# What makes two samples of one folder comparable: the same weights, sampler, number of steps, time grid and
+# condition (sidecars written before the paper's grid existed used prdit's; unconditional samples have none).
+SOURCE_KEYS = ("checkpoint_sha256", "weights", "sampler", "steps", "time_grid", "condition_sha256")
+SOURCE_DEFAULTS = {"time_grid": "prdit", "condition_sha256": None}
 
 
 def check_one_source(out_dir: Path, sidecar: dict, redone: Collection[int] = ()) -> None:
@@ -303,7 +352,8 @@ def check_one_source(out_dir: Path, sidecar: dict, redone: Collection[int] = ())
         except (OSError, ValueError, KeyError, TypeError):
             raise PrditError(f"{path}: unreadable sample sidecar; remove it (and its volume) or choose another --output-dir") from None
         values = {k: other.get(k, SOURCE_DEFAULTS.get(k)) for k in SOURCE_KEYS}
-        differ = [f"{k} {values[k]} (here: {sidecar[k]})" for k in SOURCE_KEYS if values[k] != sidecar[k]]
+        here = {k: sidecar.get(k, SOURCE_DEFAULTS.get(k)) for k in SOURCE_KEYS}
+        differ = [f"{k} {values[k]} (here: {here[k]})" for k in SOURCE_KEYS if values[k] != here[k]]
         if differ and seed not in set(redone):
             raise PrditError(
                 f"{out_dir} holds samples of another model or setting ({path.name}: {', '.join(differ)}); "

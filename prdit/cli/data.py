@@ -23,6 +23,9 @@ def _add_phantom_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="regenerate volumes that already exist")
     parser.add_argument("--dense-bone", dest="dense_bone", action="store_true",
                         help="cortical bone 1200-1900 HU as in real CT (default 700-1000 HU, the shipped phantom model's data)")
+    parser.add_argument("--labels", action="store_true",
+                        help="also write each phantom's label map labels/<name>.nii.gz (uint8, same affine) and labels.json "
+                        "naming its values (body, lung, bone, heart, vessel, airway, fat), for conditional models")
     parser.set_defaults(func=_run_phantom)
 
 
@@ -35,7 +38,7 @@ def _run_phantom(args: argparse.Namespace) -> None:
         raise PrditError("--num must be at least 1")
     summary = write_phantom_dataset(
         args.out, num=args.num, size=args.size, seed=args.seed, spacing_mm=args.spacing, workers=args.workers,
-        overwrite=args.overwrite, dense_bone=args.dense_bone,
+        overwrite=args.overwrite, dense_bone=args.dense_bone, labels=args.labels,
     )
     print(f"wrote {summary['written']} volume(s), kept {summary['skipped']} existing, in {args.out}")
 

@@ -23,6 +23,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", default=None, help="training config; without --ckpt its latest run is sampled")
     parser.add_argument("--ckpt", default=None, help="checkpoint file (.pt) or run folder (its latest checkpoint)")
+    parser.add_argument("--pretrained", default=None, choices=["phantom", "phantom-mask"],
+                        help="a shipped model instead of --ckpt: phantom (unconditional, 32^3) or phantom-mask "
+                        "(conditional on --mask and --attribute; docs/conditional.md)")
+    parser.add_argument("--mask", default=None, help="conditional models: label map NIfTI on the model's grid (uint8, e.g. "
+                        "labels/phantom_00000.nii.gz of `prdit data phantom --labels`); its labels.json, if beside it, names its values")
+    parser.add_argument("--attribute", action="append", default=None, metavar="NAME=VALUE",
+                        help="conditional models: a body attribute, e.g. body_diameter_mm=320 (repeatable)")
+    parser.add_argument("--guidance-scale", dest="guidance_scale", type=float, default=None,
+                        help="classifier-free guidance w for --mask/--attribute: 0 unconditional, 1 conditional (default), "
+                        ">1 stronger")
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default=None,
                         help="output folder (default: <run folder>/samples)")
     parser.add_argument("--num-volumes", dest="num_volumes", type=int, default=None, help="how many volumes in total (default 4)")
@@ -73,6 +83,12 @@ def _run_sample(args: argparse.Namespace) -> None:
 
     configure_cpu_threads()
 
+    if args.pretrained is not None:
+        if args.ckpt is not None or args.config is not None:
+            raise PrditError("pass --pretrained or --ckpt/--config, not both")
+        from prdit.sample import pretrained_weights
+
+        args.ckpt = str(pretrained_weights(args.pretrained))
     if args.ckpt is None:
         if args.config is None:
             raise PrditError("pass --ckpt (a checkpoint or run folder) or --config (its latest run is sampled)")
@@ -98,11 +114,16 @@ def _run_sample(args: argparse.Namespace) -> None:
             return
         if sampler is not None and sampler not in pipeline.diffusion.samplers:
             raise PrditError(f"unknown sampler {sampler!r} for this checkpoint; choose one of {', '.join(pipeline.diffusion.samplers)}")
+        from prdit.conditioning import parse_attributes
+
+        condition = pipeline.condition(args.mask, parse_attributes(args.attribute), args.guidance_scale)
+        if args.pretrained is not None and args.output_dir is None:
+            raise PrditError("--pretrained needs --output-dir (the shipped weights live inside the package)")
         out_dir = Path(args.output_dir) if args.output_dir else pipeline.checkpoint.parent.parent / "samples"
         written = sample_to_folder(
             pipeline, out_dir, num_volumes, batch_size=batch_size, seed=args.seed, sampler=sampler, steps=args.steps,
             overwrite=args.overwrite, rank=info.rank, world_size=info.world_size, progress=args.progress and info.is_main,
-            save_raw=args.save_raw, save_x0=args.save_x0, grid=not info.enabled, time_grid=args.grid,
+            save_raw=args.save_raw, save_x0=args.save_x0, grid=not info.enabled, time_grid=args.grid, condition=condition,
         )
         print(f"wrote {len(written)} volume(s) to {out_dir}" + (f" (rank {info.rank})" if info.enabled else ""))
         if info.enabled:  # the grid shows every rank's volumes, so it waits for all of them

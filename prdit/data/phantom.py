@@ -20,6 +20,7 @@ spawned from the seed: the same (size, seed, spacing) gives the same bytes.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -823,13 +824,18 @@ def phantom_file_name(seed: int) -> str:
     return f"phantom_{seed:05d}.nii.gz"
 
 
-def _write_one(task: tuple[str, int, int, float | None, bool, bool]) -> bool:
-    """Generate and write one phantom; False when it already existed (and overwrite is off)."""
-    path, size, seed, spacing_mm, overwrite, dense_bone = task
-    if not overwrite and Path(path).exists():
+def _write_one(task: tuple[str, int, int, float | None, bool, bool, bool]) -> bool:
+    """Generate and write one phantom (and its label map); False when it already existed (and overwrite is off)."""
+    from prdit.data.conditions import LABELS_DIR, phantom_label_map
+
+    path, size, seed, spacing_mm, overwrite, dense_bone, with_labels = task
+    label_file = Path(path).parent / LABELS_DIR / Path(path).name
+    if not overwrite and Path(path).exists() and (not with_labels or label_file.exists()):
         return False
-    volume, spacing = generate_phantom(size, seed, spacing_mm, dense_bone=dense_bone)
-    save_nifti(path, volume, spacing, dtype=np.int16, overwrite=overwrite)
+    volume, spacing, tissues = generate_phantom(size, seed, spacing_mm, dense_bone=dense_bone, return_labels=True)
+    save_nifti(path, volume, spacing, dtype=np.int16, overwrite=True)
+    if with_labels:
+        save_nifti(label_file, phantom_label_map(tissues), spacing, dtype=np.uint8, overwrite=True)
     return True
 
 
@@ -844,8 +850,12 @@ def write_phantom_dataset(
     overwrite: bool = False,
     progress: bool = True,
     dense_bone: bool = False,
+    labels: bool = False,
 ) -> dict:
     """Write ``num`` phantoms ``phantom_{seed+i:05d}.nii.gz`` (int16 HU, real affine) plus ``train.txt``/``val.txt``.
+
+    ``labels``: also each phantom's label map ``labels/<name>`` (uint8, same affine) and ``labels.json`` naming
+    its values (:data:`prdit.data.conditions.PHANTOM_LABELS`).
 
     The validation list holds the last ``max(1, round(num * val_fraction))`` volumes when ``num >= 2``.
     Existing volumes are kept (idempotent reruns) unless ``overwrite``. Returns a summary with the number
@@ -863,7 +873,12 @@ def write_phantom_dataset(
     out_dir = ensure_writable(out_dir)
     seeds = [seed + i for i in range(num)]
     paths = [out_dir / phantom_file_name(s) for s in seeds]
-    tasks = [(str(p), int(size), s, spacing_mm, overwrite, dense_bone) for p, s in zip(paths, seeds)]
+    tasks = [(str(p), int(size), s, spacing_mm, overwrite, dense_bone, labels) for p, s in zip(paths, seeds)]
+    if labels:
+        from prdit.data.conditions import LABELS_DIR, LABELS_FILE, PHANTOM_LABELS
+
+        (out_dir / LABELS_DIR).mkdir(exist_ok=True)
+        atomic_write_text(out_dir / LABELS_FILE, json.dumps(PHANTOM_LABELS, indent=2) + "\n")
     bar = tqdm(total=num, desc="phantoms", unit="vol", disable=not progress)
     written = 0
     if workers == 1 or num == 1:

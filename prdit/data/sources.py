@@ -7,13 +7,14 @@ import os
 from pathlib import Path
 
 from prdit.config import DataConfig
+from prdit.data.conditions import LABELS_DIR
 from prdit.data.manifest import ok_outputs, split_paths
 from prdit.errors import DataError
 from prdit.io import TEMP_PREFIX, VOLUME_SUFFIXES, volume_suffix
 
 
 def find_volumes(root: str | os.PathLike) -> list[Path]:
-    """Sorted volume files under a folder (recursively), the ok cases of a preprocessing ``manifest.csv/.json``,
+    """Sorted volume files under a folder (recursively, leaving out label maps in ``labels/`` folders), the ok cases of a preprocessing ``manifest.csv/.json``,
     or the files listed in a list file (one path a line, relative to the list's folder; ``#`` starts a comment)."""
     root = Path(root)
     if not root.exists():
@@ -31,7 +32,10 @@ def find_volumes(root: str | os.PathLike) -> list[Path]:
         if not paths:
             raise DataError(f"{root}: the list file names no volumes")
         return paths
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and volume_suffix(p) and not p.name.startswith(TEMP_PREFIX))
+    paths = sorted(
+        p for p in root.rglob("*")
+        if p.is_file() and volume_suffix(p) and not p.name.startswith(TEMP_PREFIX) and p.parent.name != LABELS_DIR
+    )
     if not paths:
         raise DataError(
             f"{root}: no volumes found (looked for {', '.join(VOLUME_SUFFIXES)}); "

@@ -56,6 +56,11 @@ def unit_times(batch: int, method: str, generator: torch.Generator | None, devic
     return u
 
 
+def call_model(model, x: torch.Tensor, t: torch.Tensor, condition=None) -> torch.Tensor:
+    """``model(x, t)``, with ``condition=`` only when there is one (unconditional networks take none)."""
+    return model(x, t) if condition is None else model(x, t, condition=condition)
+
+
 class Diffusion:
     """What a process provides to the trainer and the sampler. Subclasses: IaN and rectified flow.
 
@@ -118,8 +123,11 @@ class Diffusion:
         """The network output for the posterior means E[x0 | x_t] and E[z | x_t]."""
         raise NotImplementedError
 
-    def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training loss of ``model`` on clean volumes ``x0`` at random times (and noise) from ``generator``."""
+    def training_loss(
+        self, model, x0: torch.Tensor, generator: torch.Generator | None = None, condition=None
+    ) -> torch.Tensor:
+        """The training loss of ``model`` on clean volumes ``x0`` at random times (and noise) from ``generator``;
+        ``condition``: a conditional model's :class:`prdit.models.Condition` of the batch."""
         raise NotImplementedError
 
     def predict_x0(self, model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

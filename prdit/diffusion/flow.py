@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from prdit.diffusion import samplers
-from prdit.diffusion.base import Diffusion, Guidance, SamplerSpec, unit_times
+from prdit.diffusion.base import Diffusion, Guidance, SamplerSpec, call_model, unit_times
 from prdit.errors import ConfigError
 
 TIME_SCALE = 1000.0  # the network's timestep for t = 1
@@ -40,11 +40,11 @@ class FlowDiffusion(Diffusion):
     def output_from_posterior(self, x0_hat: torch.Tensor, z_hat: torch.Tensor) -> torch.Tensor:
         return x0_hat - z_hat
 
-    def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None, condition=None) -> torch.Tensor:
         x0 = x0.float()
         t = TIME_SCALE * unit_times(x0.shape[0], self.timestep_sampling, generator, x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        return F.mse_loss(model(self.q_sample(x0, t, noise), t).float(), x0 - noise)
+        return F.mse_loss(call_model(model, self.q_sample(x0, t, noise), t, condition).float(), x0 - noise)
 
     def predict_x0(self, model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s = (t.float() / TIME_SCALE).view(-1, *(1,) * (x_t.dim() - 1))

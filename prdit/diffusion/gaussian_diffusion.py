@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from prdit.diffusion import samplers
-from prdit.diffusion.base import Diffusion, Guidance, SamplerSpec, unit_times
+from prdit.diffusion.base import Diffusion, Guidance, SamplerSpec, call_model, unit_times
 from prdit.errors import ConfigError
 
 
@@ -56,12 +56,12 @@ class IaNDiffusion(Diffusion):
         eps_hat, x0_hat = output.float().chunk(2, dim=1)
         return eps_hat, x0_hat
 
-    def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_loss(self, model, x0: torch.Tensor, generator: torch.Generator | None = None, condition=None) -> torch.Tensor:
         x0 = x0.float()
         u = unit_times(x0.shape[0], self.timestep_sampling, generator, x0.device)
         t = torch.floor(u * self.num_timesteps).clamp(max=self.num_timesteps - 1)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        eps_hat, x0_hat = self.split(model(self.q_sample(x0, t, noise), t))
+        eps_hat, x0_hat = self.split(call_model(model, self.q_sample(x0, t, noise), t, condition))
         return F.mse_loss(x0_hat, x0) + F.mse_loss(eps_hat, self.noise_std * noise)
 
     def predict_x0(self, model, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@
 >>> out = model(x, t)            # x [B, 1, 128, 128, 128], t [B] in 0..1000 -> [B, 2, 128, 128, 128]
 """
 
+from prdit.models.condition import Condition, GuidedModel
 from prdit.models.global_dit import GlobalDiT, position_code
 from prdit.models.local_denoiser import LocalDenoiser
 from prdit.models.prdit import PRDiT, TimestepEmbedder
@@ -13,6 +14,8 @@ from prdit.models.tokens import extract_tokens, tile_tokens, token_grid
 
 __all__ = [
     "PRDiT",
+    "Condition",
+    "GuidedModel",
     "LocalDenoiser",
     "GlobalDiT",
     "TimestepEmbedder",

@@ -160,9 +160,12 @@ class GlobalDiT(nn.Module):
             nn.init.zeros_(cast(nn.Linear, layer).weight)
             nn.init.zeros_(cast(nn.Linear, layer).bias)
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, grid: Grid) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor, grid: Grid, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """``extra`` [B, L, H]: added to the token embedding (a conditional model's label tokens)."""
         pos = self.pos_embed if tuple(grid) == self.pos_grid else position_code(grid, self.hidden_size, tokens.device)
         x = self.patch_embed(tokens) + pos
+        if extra is not None:
+            x = x + extra.to(x.dtype)
         for block in self.blocks:
             if self.grad_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(block, x, cond, use_reentrant=False)

@@ -13,13 +13,13 @@ freezes them; the DiT's zero-initialised output layer makes the fresh stage-2 mo
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from prdit.errors import CheckpointError, ConfigError
+from prdit.models.condition import Condition, ConditionEncoder, add, sinusoid
 from prdit.models.global_dit import GlobalDiT
 from prdit.models.linear import Linear
 from prdit.models.local_denoiser import LocalDenoiser
@@ -38,13 +38,7 @@ class TimestepEmbedder(nn.Module):
         self.linear = Linear(frequency_size, hidden_size)
         self.act = nn.SiLU()
 
-    @staticmethod
-    def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-        """[cos(t f_k), sin(t f_k)] with f_k = max_period^(-k / (dim / 2)), as in DiT / guided-diffusion."""
-        half = dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = t.float()[:, None] * freqs[None]
-        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    sinusoid = staticmethod(sinusoid)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.act(self.linear(self.sinusoid(t, self.frequency_size)))
@@ -74,9 +68,11 @@ class PRDiT(nn.Module):
         grad_checkpoint: bool = False,
         name: str | None = None,
         init_gain: float = 0.1,
+        label_channels: int = 0,
+        attributes: int = 0,
     ) -> None:
         super().__init__()
-        if depth < 0 or in_channels < 1 or out_channels < 1:
+        if depth < 0 or in_channels < 1 or out_channels < 1 or label_channels < 0 or attributes < 0:
             raise ConfigError(
                 f"model depth {depth}, in_channels {in_channels}, out_channels {out_channels}: "
                 f"depth must be >= 0 and channel counts >= 1"
@@ -93,6 +89,8 @@ class PRDiT(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.token_dim = in_channels * patch_size**3
+        self.label_channels = label_channels
+        self.attributes = attributes
         out_dim = out_channels * in_channels * stride**3
 
         self.time_embed = TimestepEmbedder(hidden_size)
@@ -106,7 +104,17 @@ class PRDiT(nn.Module):
         for layer in self._time_layers():
             nn.init.normal_(layer.weight, std=0.02)
             nn.init.zeros_(layer.bias)
+        # Condition inputs (created after every unconditional weight, so the random initialisation of those is
+        # the same with and without them); each path has its own, starting at zero.
+        if self.conditional:
+            self.local_condition = ConditionEncoder(label_channels, attributes, patch_size, stride, self.token_dim, self.token_dim)
+            if depth:
+                self.dit_condition = ConditionEncoder(label_channels, attributes, patch_size, stride, hidden_size, hidden_size)
         self._local_frozen = False
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.label_channels or self.attributes)
 
     def _time_layers(self) -> list[nn.Linear]:
         layers: list[nn.Linear] = [self.time_embed.linear, self.coarse_head]
@@ -120,8 +128,9 @@ class PRDiT(nn.Module):
         """Stage 2: freeze the local denoiser, the shared time MLP and the coarse head (run under no_grad)."""
         if not self.depth:
             raise ConfigError(f"{self.name} has depth 0: freezing its local denoiser would leave nothing to train")
-        for module in (self.time_embed, self.coarse_head, self.local_denoiser):
-            module.requires_grad_(False)
+        for module in (self.time_embed, self.coarse_head, self.local_denoiser, getattr(self, "local_condition", None)):
+            if module is not None:
+                module.requires_grad_(False)
         self._local_frozen = True
 
     def load_stage1_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -139,8 +148,15 @@ class PRDiT(nn.Module):
             first_line = str(error).strip().splitlines()[-1].strip()
             raise CheckpointError(f"stage-1 weights do not fit {self.name}: {first_line}") from None
 
+    def _check_condition(self, condition: Condition, x: torch.Tensor) -> None:
+        labels, attributes = condition.labels, condition.attributes
+        if labels is not None and (labels.shape[:2] != (x.shape[0], self.label_channels) or labels.shape[2:] != x.shape[2:]):
+            raise ValueError(f"expected condition labels of shape [{x.shape[0]}, {self.label_channels}, *{tuple(x.shape[2:])}], got {tuple(labels.shape)}")
+        if attributes is not None and attributes.shape != (x.shape[0], self.attributes):
+            raise ValueError(f"expected condition attributes of shape [{x.shape[0]}, {self.attributes}], got {tuple(attributes.shape)}")
+
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, return_parts: bool = False
+        self, x: torch.Tensor, t: torch.Tensor, return_parts: bool = False, condition: Condition | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x of shape [B, {self.in_channels}, D, H, W], got {tuple(x.shape)}")
@@ -152,10 +168,26 @@ class PRDiT(nn.Module):
         grid = token_grid(x.shape[2:], self.patch_size, self.stride)
         tokens = extract_tokens(x, self.patch_size, self.stride)
 
+        if condition is not None and not self.conditional:
+            raise ValueError(f"{self.name} is unconditional: it takes no condition")
+        if condition is not None:
+            self._check_condition(condition, x)
+        local = self.local_condition if condition is not None else None
+        dit = getattr(self, "dit_condition", None) if condition is not None else None
+
         with torch.no_grad() if self._local_frozen else contextlib.nullcontext():
             shared = self.time_embed(t)
-            coarse = self.local_denoiser(tokens, self.coarse_head(shared))
-        fine = self.dit(tokens, self.fine_head(shared), grid) if self.depth else None
+            if local is None:
+                coarse = self.local_denoiser(tokens, self.coarse_head(shared))
+            else:
+                local_tokens = add(tokens, local.label_tokens(condition))
+                coarse = self.local_denoiser(local_tokens, add(self.coarse_head(shared), local.attribute_embedding(condition)))
+        if not self.depth:
+            fine = None
+        elif dit is None:
+            fine = self.dit(tokens, self.fine_head(shared), grid)
+        else:
+            fine = self.dit(tokens, add(self.fine_head(shared), dit.attribute_embedding(condition)), grid, dit.label_tokens(condition))
 
         def to_volume(parts: torch.Tensor) -> torch.Tensor:
             return tile_tokens(parts, grid, self.stride).to(x.dtype)
@@ -168,4 +200,5 @@ class PRDiT(nn.Module):
         return (
             f"name={self.name}, input_size={self.input_size}, patch_size={self.patch_size}, stride={self.stride}, "
             f"tokens={self.token_dim}-d, out={self.out_channels}x{self.in_channels} channels"
+            + (f", condition: {self.label_channels} label channels, {self.attributes} attributes" if self.conditional else "")
         )

@@ -30,7 +30,7 @@ SIZES: dict[str, tuple[int, int]] = {
 STANDARD_PATCHES = (10, 12, 14, 16)
 STANDARD_STRIDE = 8
 LISTED_DEPTHS = (0, 4, 12)  # the names list_models() offers; any depth >= 0 is accepted
-OPTIONS = ("stride", "grad_checkpoint", "init_gain")
+OPTIONS = ("stride", "grad_checkpoint", "init_gain", "label_channels", "attributes")
 
 _NAME = re.compile(r"^(?:PR)?DiT-([A-Za-z]+)/(\d+)/(\d+)$", re.IGNORECASE)
 
@@ -94,7 +94,9 @@ def create_model(
     Options: ``stride`` (default 8 for the standard patches 10/12/14/16; required for any other patch,
     e.g. ``PRDiT-T/6/4`` with ``stride=4``), ``grad_checkpoint`` (activation checkpointing per DiT block
     and per local MLP branch: less memory, about one extra forward pass of compute) and ``init_gain`` (xavier
-    gain of the global DiT's linear layers; default 0.1, the paper's stage-2 initialisation).
+    gain of the global DiT's linear layers; default 0.1, the paper's stage-2 initialisation), ``label_channels`` and
+    ``attributes`` (a conditional model: one-hot label channels and scalar attributes, see
+    :mod:`prdit.models.condition`; default 0, unconditional).
     """
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
@@ -120,4 +122,6 @@ def create_model(
         grad_checkpoint=bool(options.get("grad_checkpoint", False)),
         name=spec.name,
         init_gain=float(options.get("init_gain", 0.1)),
+        label_channels=int(options.get("label_channels", 0)),
+        attributes=int(options.get("attributes", 0)),
     )

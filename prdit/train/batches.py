@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from prdit.errors import ConfigError
+from prdit.models.condition import Condition
 
 
 def batch_layout(global_batch: int, world_size: int, micro_batch: int | None) -> tuple[int, int]:
@@ -97,3 +98,15 @@ def noise_generator(seed: int, position: int, device: torch.device) -> torch.Gen
     generator = torch.Generator(device=device)
     generator.manual_seed(int(np.random.default_rng([seed, position, 7]).integers(2**62)))
     return generator
+
+
+def split_batch(batch, source, device: torch.device) -> tuple[torch.Tensor, Condition | None]:
+    """A loader batch -> (x0 on ``device``, its :class:`Condition` or None). ``source``: the dataset's
+    :class:`prdit.data.dataset.ConditionSource` (None for an unconditional dataset, whose batches are tensors)."""
+    if source is None:
+        return batch.to(device, non_blocking=True), None
+    x0 = batch["x0"].to(device, non_blocking=True)
+    names = source.model_labels
+    labels = Condition.from_label_map(batch["labels"].to(device), [source.label_values[n] for n in names]) if names else None
+    attributes = batch["attributes"].to(device) if source.attributes else None
+    return x0, Condition(labels, attributes, None if attributes is None else torch.ones_like(attributes))

@@ -29,7 +29,7 @@ from prdit.io import ensure_writable, remove_temp_files
 from prdit.models import PRDiT, create_model
 from prdit.runs import has_checkpoint, new_run_dir, resume_run_dir
 from prdit.runtime import autocast_for, enable_tf32
-from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator
+from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator, split_batch
 from prdit.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, setup_distributed
 from prdit.train.ema import create_ema, ema_decay_at, update_ema
 from prdit.train.logger import RunLogger, plot_loss_curve
@@ -124,6 +124,8 @@ def build_model(config: Config, out_channels: int) -> PRDiT:
         stride=config.model.stride,
         grad_checkpoint=config.model.grad_checkpoint,
         init_gain=config.model.init_gain,
+        label_channels=len(config.model.condition.labels),
+        attributes=len(config.model.condition.attributes),
     )
 
 
@@ -139,7 +141,7 @@ def initialise_from_pretrained(model, config: Config, options: TrainOptions) -> 
         return None
     report = load_pretrained(model, path, weights=config.model.pretrained_weights)
     check_pretrained_intensity(report, config, path, options.allow_config_change)
-    if model.depth > 0:
+    if model.depth > 0 and config.model.freeze_local:
         model.freeze_local_denoiser()
     return report
 
@@ -258,9 +260,9 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     if info.is_main:  # before any data is generated or read
         ensure_writable(config.output.results_dir, "output.results_dir")
     if config.data.dataset == "phantom" and info.is_main:
-        ensure_phantom_data(config.data, progress=options.progress)
+        ensure_phantom_data(config.data, progress=options.progress, labels=config.model.condition.enabled and not config.data.labels)
     barrier(info)
-    train_set, val_set = build_datasets(config.data, seed=tcfg.seed, progress=options.progress)
+    train_set, val_set = build_datasets(config.data, seed=tcfg.seed, progress=options.progress, condition=config.model.condition)
     diffusion = create_diffusion(config.diffusion)
     model = build_model(config, diffusion.model_out_channels).to(info.device)
 
@@ -319,7 +321,7 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
         pin_memory=info.device.type == "cuda", persistent_workers=config.data.num_workers > 0,
     )
     eval_set = val_set or train_set
-    eval_volumes = torch.stack([eval_set[i] for i in range(min(4, len(eval_set)))]).to(info.device)
+    eval_volumes = torch.stack([eval_set.volume(i) for i in range(min(4, len(eval_set)))]).to(info.device)
     batches = iter(loader)  # draws its base seed from torch's RNG, as it did when the run started
     if state is not None:  # so the RNG states are restored after it: they continue exactly where they were saved
         ranks = state["rng"]
@@ -379,10 +381,13 @@ def train_step(run: Run, step: int) -> float | None:
     accumulation = len(offsets)
     loss_sum = torch.zeros((), device=info.device)
     for micro, offset in enumerate(offsets):
-        x0 = next(run.batches).to(info.device, non_blocking=True)
+        x0, condition = split_batch(next(run.batches), run.train_set.condition, info.device)
+        generator = noise_generator(tcfg.seed, offset, info.device)
+        if condition is not None:  # dropout draws first, then the loss's times and noise from the same stream
+            condition = condition.dropped(run.config.model.condition.dropout, generator)
         last = micro == accumulation - 1
         with (run.ddp.no_sync() if run.ddp is not None and not last else nullcontext()), run.autocast:
-            loss = run.diffusion.training_loss(run.network, x0, generator=noise_generator(tcfg.seed, offset, info.device))
+            loss = run.diffusion.training_loss(run.network, x0, generator=generator, condition=condition)
         (loss / accumulation).backward()
         loss_sum += loss.detach().float()
     loss_value = float(all_reduce_mean(loss_sum / accumulation, info))
@@ -412,6 +417,15 @@ def train_step(run: Run, step: int) -> float | None:
     return loss_value
 
 
+def condition_meta(run: Run) -> dict | None:
+    """What sampling needs to know of a conditional model's condition (label values, attribute names)."""
+    source, condition = run.train_set.condition, run.config.model.condition
+    if source is None:
+        return None
+    return {"labels": {name: source.label_values[name] for name in condition.labels}, "attributes": list(condition.attributes),
+            "dropout": condition.dropout}
+
+
 def checkpoint_state(run: Run, step: int) -> dict:
     """Everything a resumed run needs to continue exactly (the RNG states of every rank included)."""
     config, model, tcfg = run.config, run.model, run.config.training
@@ -420,7 +434,7 @@ def checkpoint_state(run: Run, step: int) -> dict:
         model_name=model.name, input_size=config.data.image_size, stride=model.stride, in_channels=model.in_channels,
         out_channels=run.diffusion.model_out_channels, depth=model.depth, local_frozen=model.local_denoiser_frozen,
         fine_tuned=run.fine_tuned, intensity=run.train_set.mapping.to_dict(), spacing=list(run.train_set.spacing),
-        diffusion=config.diffusion.model_dump(mode="json"),
+        diffusion=config.diffusion.model_dump(mode="json"), condition=condition_meta(run),
     )
     return {"model": model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
             "epoch": step * tcfg.global_batch_size // len(run.train_set), "best_val": run.best_val, "rng": rng,

@@ -159,4 +159,4 @@ def build_condition(
     scale = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else float(guidance_scale)
     if not np.isfinite(scale) or scale < 0:
         raise PrditError(f"--guidance-scale {guidance_scale} must be a number >= 0 (0 unconditional, 1 conditional)")
-    return SampleCondition(tuple(grid), array, attributes, scale, source, sha)
+    return SampleCondition((int(grid[0]), int(grid[1]), int(grid[2])), array, attributes, scale, source, sha)

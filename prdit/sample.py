@@ -35,7 +35,6 @@ from prdit.models.official import from_official_checkpoint, is_official_checkpoi
 from prdit.runs import resolve_checkpoint
 from prdit.runtime import autocast_for, resolve_device
 
-
 ASSETS = Path(__file__).parent / "assets"
 #: Weights shipped inside the package, by the name ``--pretrained`` takes.
 PRETRAINED: dict[str, Path] = {

@@ -70,9 +70,10 @@ class Condition:
 
     def repeat_with_null(self) -> Condition:
         """[condition; null condition]: both passes of classifier-free guidance in one batch."""
-        null = self.null()
-        return Condition(*(None if a is None else torch.cat([a, b]) for a, b in zip(
-            (self.labels, self.attributes, self.attribute_mask), (null.labels, null.attributes, null.attribute_mask))))
+        def doubled(part: torch.Tensor | None) -> torch.Tensor | None:
+            return None if part is None else torch.cat([part, torch.zeros_like(part)])
+
+        return Condition(doubled(self.labels), doubled(self.attributes), doubled(self.attribute_mask))
 
 
 def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -172,21 +172,21 @@ class PRDiT(nn.Module):
             raise ValueError(f"{self.name} is unconditional: it takes no condition")
         if condition is not None:
             self._check_condition(condition, x)
-        local = self.local_condition if condition is not None else None
-        dit = getattr(self, "dit_condition", None) if condition is not None else None
 
         with torch.no_grad() if self._local_frozen else contextlib.nullcontext():
             shared = self.time_embed(t)
-            if local is None:
+            if condition is None:
                 coarse = self.local_denoiser(tokens, self.coarse_head(shared))
             else:
-                local_tokens = add(tokens, local.label_tokens(condition))
-                coarse = self.local_denoiser(local_tokens, add(self.coarse_head(shared), local.attribute_embedding(condition)))
+                local = self.local_condition
+                coarse = self.local_denoiser(add(tokens, local.label_tokens(condition)),
+                                             add(self.coarse_head(shared), local.attribute_embedding(condition)))
         if not self.depth:
             fine = None
-        elif dit is None:
+        elif condition is None:
             fine = self.dit(tokens, self.fine_head(shared), grid)
         else:
+            dit = self.dit_condition
             fine = self.dit(tokens, add(self.fine_head(shared), dit.attribute_embedding(condition)), grid, dit.label_tokens(condition))
 
         def to_volume(parts: torch.Tensor) -> torch.Tensor:

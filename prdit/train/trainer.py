@@ -383,11 +383,12 @@ def train_step(run: Run, step: int) -> float | None:
     for micro, offset in enumerate(offsets):
         x0, condition = split_batch(next(run.batches), run.train_set.condition, info.device)
         generator = noise_generator(tcfg.seed, offset, info.device)
+        conditioned = {}  # unconditional runs call the loss as they always did
         if condition is not None:  # dropout draws first, then the loss's times and noise from the same stream
-            condition = condition.dropped(run.config.model.condition.dropout, generator)
+            conditioned["condition"] = condition.dropped(run.config.model.condition.dropout, generator)
         last = micro == accumulation - 1
         with (run.ddp.no_sync() if run.ddp is not None and not last else nullcontext()), run.autocast:
-            loss = run.diffusion.training_loss(run.network, x0, generator=generator, condition=condition)
+            loss = run.diffusion.training_loss(run.network, x0, generator=generator, **conditioned)
         (loss / accumulation).backward()
         loss_sum += loss.detach().float()
     loss_value = float(all_reduce_mean(loss_sum / accumulation, info))

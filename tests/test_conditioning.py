@@ -11,7 +11,6 @@ from scipy.ndimage import gaussian_filter
 from prdit.cli import main
 from prdit.conditioning import build_condition, parse_attributes
 from prdit.config import config_from_dict
-from prdit.data.conditions import effective_diameter_mm, measure_attributes
 from prdit.errors import ConfigError, DataError, PrditError
 from prdit.io import save_nifti
 from prdit.sample import load_pipeline, pretrained_weights, sample_to_folder
@@ -128,16 +127,6 @@ def test_unknown_condition_names_in_a_config_are_errors(labelled_blobs, tmp_path
     config = conditional_config(labelled_blobs, tmp_path, condition={"labels": ["lung"]})
     with pytest.raises(DataError, match="'lung', which .* does not define"):
         train(config, TrainOptions(progress=False))
-
-
-def test_the_effective_diameter_of_a_cylinder_is_its_diameter():
-    grid = np.stack(np.meshgrid(np.arange(64), np.arange(64), indexing="ij"), -1)
-    disc = np.linalg.norm(grid - 31.5, axis=-1) < 20.0
-    body = np.broadcast_to(disc, (8, 64, 64))
-    assert effective_diameter_mm(body, (1.0, 0.5, 0.5)) == pytest.approx(20.0, rel=0.01)
-    hu = np.where(body, -850.0, 0.0)
-    values = measure_attributes(["body_diameter_mm", "mean_lung_hu"], hu, body.astype(np.uint8) * 2, {"lung": 2}, (1, 0.5, 0.5))
-    assert values[0] == pytest.approx(20.0, rel=0.01) and values[1] == -850.0
 
 
 def test_the_shipped_conditional_model_is_found_by_name():

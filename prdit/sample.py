@@ -137,7 +137,8 @@ class Pipeline:
     def restore(
         self, y: torch.Tensor, op, steps: int | None = None, sampler: str | None = None, seed: int = 0,
         num_samples: int = 1, guidance=None, return_std: bool = False, batch_size: int | None = None,
-        progress: bool = False, return_samples: bool = False,
+        progress: bool = False, return_samples: bool = False, mask: str | os.PathLike | np.ndarray | None = None,
+        attributes: dict[str, float] | None = None, guidance_scale: float | None = None,
     ):
         """Reconstruct one HU volume [1, 1, D, H, W] from measurement ``y = op(x_hu)`` with this model as the prior.
 
@@ -145,13 +146,15 @@ class Pipeline:
         number of conjugate-gradient iterations). Sample k starts from seed ``seed + k`` (as :meth:`sample`), so
         each restore depends only on its seed; with ``num_samples > 1`` the result is the posterior mean, and
         ``return_std=True`` also returns the voxelwise standard deviation over the samples (HU);
-        ``return_samples=True`` returns the samples themselves, [num_samples, 1, D, H, W].
+        ``return_samples=True`` returns the samples themselves, [num_samples, 1, D, H, W]. A conditional model also
+        takes ``mask``, ``attributes`` and ``guidance_scale`` (as :meth:`sample`): the label map and the measurement
+        then constrain the volume together.
         """
         from prdit.inverse import sample_posterior
 
         return sample_posterior(self, y, op, steps=steps, sampler=sampler, seed=seed, num_samples=num_samples,
                                 guidance=guidance, return_std=return_std, batch_size=batch_size, progress=progress,
-                                return_samples=return_samples)
+                                return_samples=return_samples, condition=self.condition(mask, attributes, guidance_scale))
 
     def sidecar(self, seed: int, sampler: str, steps: int, grid: str = "prdit", condition: SampleCondition | None = None) -> dict:
         conditioned = {} if condition is None else {"condition": condition.record(), "condition_sha256": condition.record()["sha256"]}

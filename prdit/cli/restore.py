@@ -75,6 +75,13 @@ def _add_common_arguments(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--window", default="lung", help="display window of the PNG: lung, mediastinal, bone, wide (default lung)")
     parser.add_argument("--overwrite", action="store_true", help="replace restored.nii.gz if --out already has one")
+    parser.add_argument("--label-map", dest="label_map", default=None,
+                        help="conditional models (--ckpt of phantom-mask-32.safetensors): a label map the restored volume "
+                        "follows besides the measurement (docs/conditional.md)")
+    parser.add_argument("--attribute", action="append", default=None, metavar="NAME=VALUE",
+                        help="conditional models: a body attribute, e.g. body_diameter_mm=290 (repeatable)")
+    parser.add_argument("--guidance-scale", dest="guidance_scale", type=float, default=None,
+                        help="classifier-free guidance w of --label-map/--attribute (default 1)")
     parser.add_argument("--report", action="store_true",
                         help="also write OUT/report.html: the restoration, baseline and truth in a 3D slice viewer")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from prdit import __version__
+from prdit.conditioning import parse_attributes
 from prdit.errors import DataError, PrditError
 from prdit.inverse.guidance import DataConsistency
 from prdit.inverse.metrics import reconstruction_metrics
@@ -147,11 +148,13 @@ def restore_command(args: argparse.Namespace) -> None:
     op.check_measurement(y, (1, 1) + (size,) * 3, source=str(args.input or args.simulate))
 
     sampler, steps = pipeline.diffusion.resolve(args.sampler, args.steps)
+    attributes = parse_attributes(args.attribute)
+    condition = pipeline.condition(args.label_map, attributes, args.guidance_scale)  # checked before any sampling
     began = time.perf_counter()
     restored, std = pipeline.restore(
         y, op, steps=steps, sampler=sampler, seed=args.seed, num_samples=args.num_samples,
         guidance=DataConsistency(args.guidance_iterations), return_std=True, batch_size=args.batch_size,
-        progress=args.progress,
+        progress=args.progress, mask=args.label_map, attributes=attributes, guidance_scale=args.guidance_scale,
     )
     seconds = time.perf_counter() - began
     baseline = op.baseline(y)
@@ -173,6 +176,7 @@ def restore_command(args: argparse.Namespace) -> None:
         "guidance": {"method": "CGLS data consistency on x0_hat", "iterations": args.guidance_iterations
                      if args.guidance_iterations is not None else op.guidance_iterations},
         "seconds": round(seconds, 2),
+        **({"condition": condition.record()} if condition is not None else {}),
         "units": "HU",
         "spacing_mm": list(spacing),
     }

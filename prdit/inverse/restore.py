@@ -35,10 +35,11 @@ def as_guidance(guidance: DataConsistency | int | None) -> DataConsistency:
 def sample_posterior(
     pipeline, y: torch.Tensor, op: Operator, steps: int | None = None, sampler: str | None = None, seed: int = 0,
     num_samples: int = 1, guidance: DataConsistency | int | None = None, return_std: bool = False,
-    batch_size: int | None = None, progress: bool = False, return_samples: bool = False,
+    batch_size: int | None = None, progress: bool = False, return_samples: bool = False, condition=None,
 ):
     """See :meth:`prdit.sample.Pipeline.restore`: the posterior mean [1, 1, D, H, W] in HU (and its std), or with
-    ``return_samples`` the samples themselves [num_samples, 1, D, H, W]."""
+    ``return_samples`` the samples themselves [num_samples, 1, D, H, W]. ``condition``: a conditional model's
+    :class:`prdit.conditioning.SampleCondition` (a label map and attributes as a second prior constraint)."""
     if not isinstance(op, Operator):
         raise PrditError(f"restore needs a prdit.inverse operator, got {type(op).__name__}")
     if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
@@ -64,7 +65,7 @@ def sample_posterior(
         generators = [torch.Generator(device=pipeline.device).manual_seed(s + 1) for s in chunk]
         with autocast_for(pipeline.precision, pipeline.device):
             _, x0 = pipeline.diffusion.sample(
-                pipeline.model, tuple(noise.shape), sampler=sampler, steps=steps, generator=generators, noise=noise,
+                pipeline.network(len(chunk), condition), tuple(noise.shape), sampler=sampler, steps=steps, generator=generators, noise=noise,
                 progress=progress and len(seeds) == 1, return_x0=True, guidance=guide,
             )
         volumes.append(pipeline.mapping.to_hu(x0.float().cpu()))

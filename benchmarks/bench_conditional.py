@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prdit.data.conditions import PHANTOM_LABELS, effective_diameter_mm, phantom_label_map
-from prdit.data.phantom import generate_phantom
+from prdit.data.conditions import PHANTOM_LABELS, effective_diameter_mm
+from prdit.data.phantom import generate_phantom, phantom_label_map
 from prdit.evaluation.anatomy import body_and_lung_masks
 from prdit.evaluation.metrics import ms_ssim_diversity
 from prdit.evaluation.offline import hu_histogram_distance, tissue_fraction_comparison

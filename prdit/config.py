@@ -78,18 +78,10 @@ class ConditionConfig(Section):
     """What a conditional model sees besides the noisy volume (docs/conditional.md); empty lists: unconditional."""
 
     labels: list[str] = Field(default_factory=list, description="label names (of the data's labels.json), one-hot channels in every token")
-    attributes: list[str] = Field(default_factory=list, description="scalar attributes embedded into adaLN, e.g. body_diameter_mm")
+    attributes: list[str] = Field(
+        default_factory=list, description="scalar attributes embedded into adaLN (prdit.data.conditions.ATTRIBUTES), e.g. body_diameter_mm"
+    )
     dropout: float = Field(0.1, ge=0, lt=1, description="probability of dropping the condition (and each part) in training")
-
-    @field_validator("attributes")
-    @classmethod
-    def _known_attributes(cls, names: list[str]) -> list[str]:
-        from prdit.data.conditions import ATTRIBUTES
-
-        unknown = [name for name in names if name not in ATTRIBUTES]
-        if unknown:
-            raise ValueError(f"unknown attribute {unknown[0]!r}; known: {', '.join(ATTRIBUTES)}")
-        return names
 
     @field_validator("labels", "attributes")
     @classmethod

@@ -122,8 +122,10 @@ def test_requests_a_model_cannot_take_are_refused():
 
 
 def test_unknown_condition_names_in_a_config_are_errors(labelled_blobs, tmp_path):
-    with pytest.raises(ConfigError, match="unknown attribute 'height'"):
-        conditional_config(labelled_blobs, tmp_path, condition={"attributes": ["height"]})
+    with pytest.raises(DataError, match="model.condition.attributes: unknown attribute 'height'"):
+        train(conditional_config(labelled_blobs, tmp_path, condition={"attributes": ["height"]}), TrainOptions(progress=False))
+    with pytest.raises(ConfigError, match="distinct"):
+        conditional_config(labelled_blobs, tmp_path, condition={"labels": ["body", "body"]})
     config = conditional_config(labelled_blobs, tmp_path, condition={"labels": ["lung"]})
     with pytest.raises(DataError, match="'lung', which .* does not define"):
         train(config, TrainOptions(progress=False))

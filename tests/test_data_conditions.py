@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from prdit.cli import main
-from prdit.data.conditions import PHANTOM_LABELS, effective_diameter_mm, measure_attributes, phantom_label_map, read_label_names
-from prdit.data.phantom import generate_phantom
+from prdit.data.conditions import PHANTOM_LABELS, effective_diameter_mm, measure_attributes, read_label_names
+from prdit.data.phantom import generate_phantom, phantom_label_map
 from prdit.errors import DataError
 from prdit.io import load_volume
 

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"prdit.models", "prdit.diffusion", "prdit.preview"},
     {"prdit.config"},
     {"prdit.data", "prdit.runs"},
-    {"prdit.checkpoint", "prdit.evaluation", "prdit.inverse"},
+    {"prdit.checkpoint", "prdit.evaluation", "prdit.inverse", "prdit.conditioning"},
     {"prdit.train", "prdit.sample", "prdit.modelcard"},
     {"prdit.report", "prdit.bundle"},
     {"prdit.demo"},

@@ -28,24 +28,6 @@ LABELS_DIR = "labels"
 #: The label map values written for the procedural phantoms (``prdit data phantom --labels``).
 PHANTOM_LABELS: dict[str, int] = {"body": 1, "lung": 2, "bone": 3, "heart": 4, "vessel": 5, "airway": 6, "fat": 7}
 
-#: Phantom tissue class (:data:`prdit.data.phantom.TISSUE_LABELS`) -> label name; unlisted classes are outside
-#: the body (air, the scanner table) and get 0. Nodules, cartilage, liver and gastric gas are body tissue.
-PHANTOM_TISSUE_TO_LABEL: dict[str, str] = {
-    "fat": "fat", "soft_tissue": "body", "lung": "lung", "airway": "airway", "vessel": "vessel", "heart": "heart",
-    "liver": "body", "cancellous": "bone", "cortical": "bone", "cartilage": "body", "nodule": "body", "gas": "body",
-}
-
-
-def phantom_label_map(tissues: np.ndarray) -> np.ndarray:
-    """The uint8 label map (:data:`PHANTOM_LABELS`) of a phantom's tissue-class volume."""
-    from prdit.data.phantom import TISSUE_LABELS
-
-    lookup = np.zeros(max(TISSUE_LABELS.values()) + 1, dtype=np.uint8)
-    for tissue, name in PHANTOM_TISSUE_TO_LABEL.items():
-        lookup[TISSUE_LABELS[tissue]] = PHANTOM_LABELS[name]
-    return lookup[tissues]
-
-
 def effective_diameter_mm(body: np.ndarray, spacing: Sequence[float]) -> float:
     """Effective body diameter 2 sqrt(A / pi) of the mean axial body area A over the middle half of the slices.
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from prdit.config import ConditionConfig, DataConfig
-from prdit.data.conditions import ATTRIBUTES, LABELS_DIR, LABELS_FILE, label_path, measure_attributes, read_label_names
+from prdit.data.conditions import ATTRIBUTES, LABELS_DIR, check_attribute_names, LABELS_FILE, label_path, measure_attributes, read_label_names
 from prdit.data.intensity import IntensityMapping
 from prdit.data.phantom import write_phantom_dataset
 from prdit.data.sources import resolve_splits
@@ -49,6 +49,7 @@ class ConditionSource:
 
     @classmethod
     def from_config(cls, config: DataConfig, condition: ConditionConfig) -> ConditionSource:
+        check_attribute_names(condition.attributes, "model.condition.attributes")
         labels_dir = Path(config.labels) if config.labels else Path(config.root) / LABELS_DIR
         values = read_label_names(labels_dir)
         missing = [name for name in condition.labels if name not in values]

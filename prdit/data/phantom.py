@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
 
+from prdit.data.conditions import LABELS_DIR, LABELS_FILE, PHANTOM_LABELS
 from prdit.errors import PrditError
 from prdit.io import atomic_write_text, ensure_writable, save_nifti
 
@@ -79,6 +80,22 @@ TISSUE_HU_RANGES: dict[str, tuple[float, float]] = {
 #: ``dense_bone=True``. The default range stays below 1000 HU so that the fixed [-1000, 1000] window of the
 #: shipped phantom model does not clip it.
 DENSE_CORTICAL_HU = (1200.0, 1900.0)
+
+#: Phantom tissue class (:data:`prdit.data.phantom.TISSUE_LABELS`) -> label name; unlisted classes are outside
+#: the body (air, the scanner table) and get 0. Nodules, cartilage, liver and gastric gas are body tissue.
+PHANTOM_TISSUE_TO_LABEL: dict[str, str] = {
+    "fat": "fat", "soft_tissue": "body", "lung": "lung", "airway": "airway", "vessel": "vessel", "heart": "heart",
+    "liver": "body", "cancellous": "bone", "cortical": "bone", "cartilage": "body", "nodule": "body", "gas": "body",
+}
+
+
+def phantom_label_map(tissues: np.ndarray) -> np.ndarray:
+    """The uint8 label map (:data:`PHANTOM_LABELS`) of a phantom's tissue-class volume."""
+    lookup = np.zeros(max(TISSUE_LABELS.values()) + 1, dtype=np.uint8)
+    for tissue, name in PHANTOM_TISSUE_TO_LABEL.items():
+        lookup[TISSUE_LABELS[tissue]] = PHANTOM_LABELS[name]
+    return lookup[tissues]
+
 
 L = TISSUE_LABELS  # short alias for the label assignments below
 _STREAMS = ("anatomy", "tissue", "airways", "vessels", "nodules", "noise")
@@ -826,8 +843,6 @@ def phantom_file_name(seed: int) -> str:
 
 def _write_one(task: tuple[str, int, int, float | None, bool, bool, bool]) -> bool:
     """Generate and write one phantom (and its label map); False when it already existed (and overwrite is off)."""
-    from prdit.data.conditions import LABELS_DIR, phantom_label_map
-
     path, size, seed, spacing_mm, overwrite, dense_bone, with_labels = task
     label_file = Path(path).parent / LABELS_DIR / Path(path).name
     if not overwrite and Path(path).exists() and (not with_labels or label_file.exists()):
@@ -875,8 +890,6 @@ def write_phantom_dataset(
     paths = [out_dir / phantom_file_name(s) for s in seeds]
     tasks = [(str(p), int(size), s, spacing_mm, overwrite, dense_bone, labels) for p, s in zip(paths, seeds)]
     if labels:
-        from prdit.data.conditions import LABELS_DIR, LABELS_FILE, PHANTOM_LABELS
-
         (out_dir / LABELS_DIR).mkdir(exist_ok=True)
         atomic_write_text(out_dir / LABELS_FILE, json.dumps(PHANTOM_LABELS, indent=2) + "\n")
     bar = tqdm(total=num, desc="phantoms", unit="vol", disable=not progress)

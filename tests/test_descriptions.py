@@ -13,7 +13,7 @@ from prdit.evaluation.descriptions import (
     protocol_summary,
     undescribed,
 )
-from prdit.evaluation.offline import hu_histogram_distance
+from prdit.evaluation.offline import offline_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,7 +44,7 @@ def test_every_described_key_exists_in_a_real_evaluation(result):
 def test_floor_compares_the_even_and_odd_halves_of_the_real_set(phantoms):
     a, b = phantoms[0], phantoms[1]
     floor = evaluate_floor([a, b, a, b], cache_dir=None)
-    expected = hu_histogram_distance(a[None], b[None])["wasserstein_hu"]
+    expected = offline_metrics(a[None], b[None])["hu_histogram"]["wasserstein_hu"]
     assert floor["offline"]["hu_histogram"]["wasserstein_hu"] == pytest.approx(expected)
     assert floor["protocol"]["n_real"] == 2 and floor["protocol"]["n_fake"] == 2
     assert evaluate_floor([a, b, a]) is None  # too few volumes for two halves of two

@@ -23,7 +23,6 @@ from prdit.models.official import (
     from_official,
     is_official_state_dict,
     official_spec,
-    to_official,
 )
 
 SIZES = {"XS": 192, "S": 384, "B": 768, "L": 1024, "XL": 1152}
@@ -107,16 +106,13 @@ def test_every_official_name_maps_onto_the_prdit_model_of_that_name(name):
 
 
 @pytest.mark.parametrize("name", ["PRDiT-XS/10/2", "PRDiT-XS/4/0", "PRDiT-XS/4/1"])
-def test_round_trip_both_ways_is_exact(name):
+def test_conversion_only_rearranges_the_official_numbers(name):
+    """Every official number lands in exactly one prdit tensor: nothing is lost, duplicated or made up."""
     spec, stride = official_spec(name)
     official = official_state_dict(official_shapes(spec.hidden_size, spec.patch, stride, spec.depth))
-    back = to_official(from_official(official, stride), stride)
-    assert back.keys() == official.keys()
-    assert all(torch.equal(back[k], official[k]) for k in official)
-    model = create_model(name, input_size=16, stride=stride)
-    ours = model.state_dict()
-    again = from_official(to_official(ours, stride), stride)
-    assert again.keys() == ours.keys() and all(torch.equal(again[k], ours[k]) for k in ours)
+    converted = from_official(official, stride)
+    flat = lambda tensors: torch.cat([t.flatten() for t in tensors.values()]).sort().values  # noqa: E731
+    assert torch.equal(flat(converted), flat(official))
 
 
 def test_official_checkpoints_are_recognised_with_or_without_the_ddp_prefix():

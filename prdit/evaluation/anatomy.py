@@ -129,8 +129,3 @@ def compare_features(real: dict[str, np.ndarray], fake: dict[str, np.ndarray]) -
             standardised.append(standardised_difference)
     result["score"] = float(np.mean(standardised)) if standardised else float("nan")
     return result
-
-
-def anatomy_metrics(real: np.ndarray, fake: np.ndarray) -> dict:
-    """Anatomy comparison of two HU sets ``[N, z, y, x]`` (see the module docstring)."""
-    return compare_features(set_features(real), set_features(fake))

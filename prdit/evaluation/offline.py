@@ -32,13 +32,6 @@ def _histogram_edges() -> np.ndarray:
     return np.arange(low, high + HISTOGRAM_BIN_HU, HISTOGRAM_BIN_HU)
 
 
-def hu_histogram(volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised pooled HU histogram of a set and its bin centres (``HISTOGRAM_BIN_HU`` HU bins)."""
-    per_volume = _volume_histograms(volumes)
-    edges = _histogram_edges()
-    return per_volume.mean(axis=0), (edges[:-1] + edges[1:]) / 2
-
-
 def _volume_histograms(volumes: np.ndarray) -> np.ndarray:
     """[N, bins] normalised histogram of each volume (values outside the range go to the first/last bin)."""
     edges = _histogram_edges()
@@ -56,11 +49,6 @@ def _histogram_distance(p: np.ndarray, q: np.ndarray) -> dict:
         "range_hu": list(HISTOGRAM_RANGE),
         "bin_hu": HISTOGRAM_BIN_HU,
     }
-
-
-def hu_histogram_distance(real: np.ndarray, fake: np.ndarray) -> dict:
-    """Wasserstein-1 distance (in HU) and Jensen-Shannon divergence (bits) between the pooled HU histograms."""
-    return _histogram_distance(hu_histogram(real)[0], hu_histogram(fake)[0])
 
 
 def tissue_fractions(volumes: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,11 +70,6 @@ def _fraction_comparison(real_fractions: dict, fake_fractions: dict) -> dict:
     return result
 
 
-def tissue_fraction_comparison(real: np.ndarray, fake: np.ndarray) -> dict:
-    """Mean and std of each tissue fraction in both sets, and the absolute difference of the means."""
-    return _fraction_comparison(tissue_fractions(real), tissue_fractions(fake))
-
-
 def _spectrum(volume: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Radial power spectrum, bin centres, and the mean power of the frequencies above ``HIGH_FREQUENCY``."""
     volume = np.asarray(volume, dtype=np.float64)
@@ -103,16 +86,14 @@ def _spectrum(volume: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, fl
         return totals / counts, (edges[:-1] + edges[1:]) / 2, float(power[high].mean())
 
 
-def radial_power_spectrum(volume: np.ndarray, bins: int = SPECTRUM_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """Radially averaged 3D power spectrum of one volume and its bin centres in cycles/voxel (<= 0.5).
-
-    The zero frequency (the mean) is left out; bins that no frequency of this grid falls in are NaN.
-    """
-    spectrum, centres, _ = _spectrum(volume, bins)
-    return spectrum, centres
-
-
 def _spectrum_distance(spectra_real: np.ndarray, spectra_fake: np.ndarray, high_real: np.ndarray, high_fake: np.ndarray) -> dict:
+    """Spectrum comparison of two sets; P is the set's mean radial power spectrum in HU^2.
+
+    ``log10_distance``: mean |log10 P_real(f) - log10 P_fake(f)| over radial frequency bins (1.0 = a tenfold
+    mismatch); ``high_frequency_log10_distance``: the same over f > 0.25 cycles/voxel; ``high_frequency_power_ratio``:
+    the generated set's mean power above 0.25 cycles/voxel over the real set's (1 = matched, < 1 = too smooth).
+    The high frequencies measure fine detail (noise and texture), which PRDiT claims to model at voxel level.
+    """
     mean_real, mean_fake = spectra_real.mean(axis=0), spectra_fake.mean(axis=0)
     bins = len(mean_real)
     centres = (np.arange(bins) + 0.5) * 0.5 / bins
@@ -128,19 +109,6 @@ def _spectrum_distance(spectra_real: np.ndarray, spectra_fake: np.ndarray, high_
         "bins": bins,
         "frequency_unit": "cycles/voxel",
     }
-
-
-def power_spectrum_distance(real: np.ndarray, fake: np.ndarray, bins: int = SPECTRUM_BINS) -> dict:
-    """Spectrum comparison of two sets; P is the set's mean radial power spectrum in HU^2.
-
-    ``log10_distance``: mean |log10 P_real(f) - log10 P_fake(f)| over radial frequency bins (1.0 = a tenfold
-    mismatch); ``high_frequency_log10_distance``: the same over f > 0.25 cycles/voxel; ``high_frequency_power_ratio``:
-    the generated set's mean power above 0.25 cycles/voxel over the real set's (1 = matched, < 1 = too smooth).
-    The high frequencies measure fine detail (noise and texture), which PRDiT claims to model at voxel level.
-    """
-    spectra = [[_spectrum(v, bins) for v in volumes] for volumes in (real, fake)]
-    (sr, hr), (sf, hf) = ((np.stack([s[0] for s in one]), np.array([s[2] for s in one])) for one in spectra)
-    return _spectrum_distance(sr, sf, hr, hf)
 
 
 # ----------------------------------------------------------------------------------------------------------

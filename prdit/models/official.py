@@ -1,4 +1,4 @@
-"""State dicts of the paper's official code (github Fredy-Zhang/PRDiT) <-> prdit's, in both directions.
+"""State dicts of the paper's official code (github Fredy-Zhang/PRDiT) -> prdit's, and whole official checkpoints.
 
 The networks are the same; only names and two layouts differ:
 
@@ -49,7 +49,6 @@ _RENAMES = (
     ("fine.final_layer.adaLN_modulation.1.", "dit.final_layer.adaLN_modulation.1."),
 )
 _BLOCK = re.compile(r"^fine\.blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2|adaLN_modulation\.1)\.(weight|bias)$")
-_BLOCK_PRDIT = re.compile(r"^dit\.blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.0|mlp\.2|adaLN_modulation\.1)\.(weight|bias)$")
 _BLOCK_NAMES = {"attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "mlp.fc1": "mlp.0", "mlp.fc2": "mlp.2",
                 "adaLN_modulation.1": "adaLN_modulation.1"}
 _SWIGLU = re.compile(r"^coarse\.mlp_denoise\.(mlp[12])\.(fc1_g|fc1_x|norm|fc2)\.(weight|bias)$")
@@ -73,11 +72,6 @@ def _channel_last_to_first(rows: torch.Tensor, block: int) -> torch.Tensor:
     """Rows ordered (voxel, channel) -> (channel, voxel); ``block`` = S^3 voxels per channel."""
     channels = rows.shape[0] // block
     return rows.reshape(block, channels, *rows.shape[1:]).transpose(0, 1).reshape(rows.shape)
-
-
-def _channel_first_to_last(rows: torch.Tensor, block: int) -> torch.Tensor:
-    channels = rows.shape[0] // block
-    return rows.reshape(channels, block, *rows.shape[1:]).transpose(0, 1).reshape(rows.shape)
 
 
 def _check_block(rows: int, stride: int, key: str) -> int:
@@ -121,39 +115,6 @@ def from_official(state_dict: Tensors, stride: int) -> Tensors:
         if set(parts) != {"fc1_g", "fc1_x"}:
             raise CheckpointError(f"official checkpoint has only {sorted(parts)} of coarse.mlp_denoise.{mlp}'s SwiGLU {kind}")
         out[f"local_denoiser.{mlp}.w12.{kind}"] = torch.cat([parts["fc1_g"], parts["fc1_x"]], dim=0)
-    return out
-
-
-def to_official(state_dict: Tensors, stride: int) -> Tensors:
-    """A prdit PRDiT state dict -> the official code's names and layouts (the inverse of :func:`from_official`)."""
-    out: Tensors = {}
-    reverse_outputs = {new: old for old, new in _OUTPUTS.items()}
-    reverse_blocks = {new: old for old, new in _BLOCK_NAMES.items()}
-    for key, value in state_dict.items():
-        match = re.match(r"^local_denoiser\.(mlp[12])\.(w12|w3|norm)\.(weight|bias)$", key)
-        if match:
-            mlp, part, kind = match.groups()
-            prefix = f"coarse.mlp_denoise.{mlp}."
-            if part == "w12":
-                gate, value_rows = value.chunk(2, dim=0)
-                out[f"{prefix}fc1_g.{kind}"], out[f"{prefix}fc1_x.{kind}"] = gate.clone(), value_rows.clone()
-            else:
-                out[f"{prefix}{'fc2' if part == 'w3' else 'norm'}.{kind}"] = value
-            continue
-        match = _BLOCK_PRDIT.match(key)
-        if match:
-            index, name, kind = match.groups()
-            out[f"fine.blocks.{index}.{reverse_blocks[name]}.{kind}"] = value
-            continue
-        output = next((p for p in reverse_outputs if key.startswith(p)), None)
-        if output is not None:
-            block = _check_block(value.shape[0], stride, key)
-            out[reverse_outputs[output] + key.removeprefix(output)] = _channel_first_to_last(value, block)
-            continue
-        rename = next(((old, new) for old, new in _RENAMES if key.startswith(new)), None)
-        if rename is None:
-            raise CheckpointError(f"prdit key {key!r} has no counterpart in the official code")
-        out[rename[0] + key.removeprefix(rename[1])] = value
     return out
 
 

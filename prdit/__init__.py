@@ -12,15 +12,7 @@ Transformer: Scalable 3D CT Volume Generation", ICLR 2026, https://openreview.ne
 
 from __future__ import annotations
 
-import os
-import sys
 from importlib import import_module
-
-# Before torch loads OpenMP: threads waiting at a barrier sleep instead of spinning on cores that a busy machine's
-# other threads need (numbers in prdit/runtime.py; an OMP_WAIT_POLICY of your own is kept). Once torch is
-# loaded the setting would come too late, and would only mislead prdit.runtime.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 

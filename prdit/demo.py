@@ -23,6 +23,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -84,27 +85,40 @@ def demo_configs(out_dir: Path, plan: DemoPlan | None, device: str) -> tuple[Con
 
 
 def time_training_steps(config: Config, seconds: float, device: str = "cpu", min_steps: int = 3, warmup: int = 2) -> float:
-    """Training steps per second of ``config``'s model (forward, backward, clipping, AdamW, EMA) on random volumes
-    of its batch and size, timed for about ``seconds`` after ``warmup`` steps: the calibration behind the demo's
-    time estimate. A stage-2 model is timed with its local denoiser frozen, as in training."""
+    """Training steps per second of ``config``'s model, timed for about ``seconds`` after ``warmup`` steps of the
+    trainer's own step (:func:`prdit.train.trainer.train_step`: forward, backward, clipping, AdamW, EMA) on one
+    random batch of its size: the calibration behind the demo's time estimate. A stage-2 model is timed with its
+    local denoiser frozen, as in training."""
+    import itertools
+    import tempfile
+
     import torch
 
     from prdit.diffusion import create_diffusion
     from prdit.runtime import autocast_for
-    from prdit.train.ema import create_ema, update_ema
-    from prdit.train.trainer import build_model, build_optimizer
+    from prdit.train.batches import StepBatchSampler, batch_layout
+    from prdit.train.distributed import DistInfo
+    from prdit.train.ema import create_ema
+    from prdit.train.logger import RunLogger
+    from prdit.train.trainer import LRPlan, Run, build_model, build_optimizer, train_step
 
-    where = torch.device(device)
-    with torch.random.fork_rng(devices=[]):
+    where, tcfg = torch.device(device), config.training
+    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as scratch:
         torch.manual_seed(0)
         diffusion = create_diffusion(config.diffusion)
         model = build_model(config, diffusion.model_out_channels).to(where)
         if model.depth > 0:
             model.freeze_local_denoiser()
-        ema, optimizer = create_ema(model), build_optimizer(model, config, [])
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        micro, _ = batch_layout(tcfg.global_batch_size, 1, tcfg.micro_batch_size)
         size = config.data.image_size
-        x0 = torch.rand(config.training.global_batch_size, config.model.in_channels, size, size, size, device=where) * 2 - 1
+        x0 = torch.rand(micro, config.model.in_channels, size, size, size, device=where) * 2 - 1
+        run = Run(
+            config, DistInfo(0, 1, 0, where), Path(scratch), diffusion, model, model, None, create_ema(model),
+            build_optimizer(model, config, []), cast(Any, None),  # no dataset: every micro-batch is x0
+            StepBatchSampler(tcfg.global_batch_size, 0, 1, micro, 0, tcfg.total_steps), itertools.repeat(x0),
+            autocast_for(tcfg.precision, where), RunLogger(Path(scratch), False, False), x0, [],
+            [p for p in model.parameters() if p.requires_grad], LRPlan(tcfg.total_steps),
+        )
 
         def finished() -> float:
             if where.type == "cuda":
@@ -115,13 +129,7 @@ def time_training_steps(config: Config, seconds: float, device: str = "cpu", min
         while step < warmup + min_steps or finished() - began < seconds:
             if step == warmup:
                 began = finished()
-            with autocast_for(config.training.precision, where):
-                loss = diffusion.training_loss(model, x0)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            update_ema(ema, model, 0.999)
+            train_step(run, step)
             step += 1
     return (step - warmup) / (finished() - began)
 

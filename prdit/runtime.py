@@ -61,7 +61,7 @@ def enable_tf32(device: torch.device | str, enabled: bool = True) -> None:
 # 2 threads trained the demo's stage 1 at 0.13 steps/s against 0.73 with 1 thread (a 2-core machine at load
 # average 25, benchmarks/bench_threads.py; issue 19 saw 0.45 against 2.70 at load 4). With
 # OMP_WAIT_POLICY=PASSIVE waiting threads sleep, and 2 threads gave 1.50 steps/s against 0.83 with 1 (stage 2:
-# 0.47 against 0.25). So `prdit/__init__.py` sets PASSIVE before torch is imported, and then every usable core
+# 0.47 against 0.25). So the `prdit` command (`prdit.cli.main`) sets PASSIVE before torch is imported, and then every usable core
 # gets a thread whatever the load; only where OpenMP spins (torch was imported first, or OMP_WAIT_POLICY says so)
 # does the load average cut the thread count.
 
@@ -75,7 +75,7 @@ def usable_cpus() -> int:
 
 
 def openmp_waits_passively() -> bool:
-    """Whether OpenMP threads sleep while they wait (prdit sets this before torch loads OpenMP, see above)."""
+    """Whether OpenMP threads sleep while they wait (the prdit command sets this before torch loads OpenMP, see above)."""
     return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
 
 

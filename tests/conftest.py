@@ -1,9 +1,11 @@
 import os
 
-import pytest
-import torch  # noqa: E402
+# Before torch loads OpenMP, as the prdit command does: waiting threads sleep instead of spinning on the cores
+# other test processes need (``import prdit`` leaves the environment alone).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import prdit  # noqa: F401  (sets the OpenMP wait policy before torch loads OpenMP)
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Tests are sized for 2 CPU cores; keep torch from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -35,7 +35,7 @@ def test_real_ct_configs_follow_the_papers_training_choices_and_keep_bone():
         assert config.training.max_loss == 1e5 and config.model.init_gain == 0.1
     assert load_config("configs/lidc/global.yaml").model.pretrained_weights == "model"  # the paper loads raw weights
     assert Config().data.hu_window == (-1000.0, 2000.0)  # new models keep cortical bone
-    for path in ("configs/phantom/local.yaml", "configs/phantom/global.yaml"):  # the shipped phantom model's mapping
+    for path in ("configs/phantom/local.yaml", "configs/phantom/global.yaml"):  # v1 of the shipped phantom model: its mapping
         assert load_config(path).data.hu_window == (-1000.0, 1000.0)
 
 

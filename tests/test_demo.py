@@ -43,12 +43,18 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_full_demo_samples_look_like_the_data(tmp_path, monkeypatch):
-    """The default demo: the shipped model's samples match the phantoms' tissue make-up."""
+    """The default demo: the shipped model's samples match the phantoms about as well as the shipped model is known
+    to. Its 8 samples (seeds 0-7, ian-2m 50 calls) against the demo's 20 validation phantoms measured (v4): HU
+    histogram W1 32.7 HU, lung fraction 0.250 (real 0.244), anatomy score 0.97. The seeds are fixed, so only a
+    change of the model or the sampler moves them: v3 measured 31.5 HU, 0.255 and 1.34 (8 samples are too few for
+    W1 to tell v3 from v4, the anatomy score does); the earlier model of docs/demo_metrics.json 39.9 HU and 0.284."""
     monkeypatch.chdir(tmp_path)
     run_demo(tmp_path / "demo", progress=False)
     metrics = check_demo_folder(tmp_path / "demo", expect_shipped=True)
     offline = metrics["samples"]["offline"]
-    assert offline["hu_histogram"]["wasserstein_hu"] < 100
+    assert offline["hu_histogram"]["wasserstein_hu"] < 36.0
+    assert offline["tissue_fractions"]["lung"]["abs_difference"] < 0.02
+    assert offline["anatomy"]["score"] < 1.2
 
 
 def test_estimate_adds_up_the_plan():

@@ -10,6 +10,10 @@ separate gate/value matrices, channel-last output tokens).
 from __future__ import annotations
 
 import math
+import os
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +28,7 @@ from prdit.models.official import (
     is_official_state_dict,
     official_spec,
 )
+from prdit.models.registry import parse_model_name
 
 SIZES = {"XS": 192, "S": 384, "B": 768, "L": 1024, "XL": 1152}
 
@@ -150,11 +155,14 @@ def _swiglu(sd, name, x):
 
 
 def _position_code(grid: int, dim: int) -> torch.Tensor:
+    """The official code's 3D code, for widths that are multiples of 6; it refuses other widths (T: 128, L: 1024),
+    for which prdit fills the last dim % 6 channels with zeros."""
     coords = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
     z, y, x = torch.meshgrid(coords, coords, coords, indexing="ij")
     position = torch.stack([x, y, z], dim=-1).reshape(-1, 3)
     freqs = (0.95 * grid / 2) ** torch.linspace(0, 1, dim // 6) * 2 * math.pi
-    return torch.cat([fn(position[:, axis : axis + 1] * freqs) for axis in range(3) for fn in (torch.sin, torch.cos)], -1)
+    code = torch.cat([fn(position[:, axis : axis + 1] * freqs) for axis in range(3) for fn in (torch.sin, torch.cos)], -1)
+    return F.pad(code, (0, dim - code.shape[-1]))
 
 
 def official_forward(sd, x, t, patch, stride, depth, heads):
@@ -201,10 +209,14 @@ def official_forward(sd, x, t, patch, stride, depth, heads):
     return volume.reshape(batch, 2, size, size, size)
 
 
-@pytest.mark.parametrize("name, size", [("PRDiT-XS/10/2", 16), ("PRDiT-XS/12/1", 16), ("PRDiT-XS/4/0", 8)])
-def test_converted_weights_give_the_official_networks_output(name, size):
+# Widths: XS (192) is a multiple of 6 * 32; T (128, prdit's own size) and L (1024) are not, and their heads are
+# 32 and 64 wide; T runs at the shipped model's stride 4.
+@pytest.mark.parametrize("name, size, stride", [("PRDiT-XS/10/2", 16, None), ("PRDiT-XS/12/1", 16, None), ("PRDiT-XS/4/0", 8, None),
+                                                ("PRDiT-T/6/2", 16, 4), ("PRDiT-L/10/1", 16, None)])
+def test_converted_weights_give_the_official_networks_output(name, size, stride):
     torch.manual_seed(0)
-    spec, stride = official_spec(name)
+    spec, official_stride = official_spec(name)
+    stride = stride or official_stride
     official = official_state_dict(official_shapes(spec.hidden_size, spec.patch, stride, spec.depth), seed=1)
     model = create_model(name, input_size=size, stride=stride).eval()
     model.load_state_dict(from_official(official, stride))
@@ -222,6 +234,80 @@ def test_converted_weights_give_the_official_networks_output(name, size):
             wrong[f"{key}.weight"] = wrong[f"{key}.weight"].roll(1, dims=0)
     with torch.no_grad():
         assert (official_forward(wrong, x, t, spec.patch, stride, spec.depth, spec.num_heads) - got).abs().max() > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Against the official code itself (PRDIT_OFFICIAL_SRC: a checkout of github Fredy-Zhang/PRDiT, never committed)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def official_prdit():
+    """The official ``PRDiT`` class from the checkout that ``PRDIT_OFFICIAL_SRC`` names (its ``models`` package)."""
+    source = os.environ.get("PRDIT_OFFICIAL_SRC")
+    if not source:
+        pytest.skip("PRDIT_OFFICIAL_SRC is not set: point it at a checkout of github Fredy-Zhang/PRDiT to compare "
+                    "prdit with the official code itself (the layout written down above runs without it)")
+    if not (Path(source) / "models" / "models.py").is_file():
+        pytest.fail(f"PRDIT_OFFICIAL_SRC={source} holds no models/models.py: is it a checkout of Fredy-Zhang/PRDiT?")
+    theirs = ("models", "util")  # the official top-level modules, which must not shadow anything after this test
+    saved = {name: module for name, module in sys.modules.items() if name.split(".")[0] in theirs}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, source)
+    try:
+        try:
+            import util  # noqa: F401  (models.models takes one helper from it; it also imports wandb and the data code)
+        except ImportError:
+            def requires_grad(model: torch.nn.Module, flag: bool = True) -> None:
+                for parameter in model.parameters():
+                    parameter.requires_grad = flag
+
+            sys.modules["util"] = types.SimpleNamespace(requires_grad=requires_grad)  # type: ignore[assignment]
+        try:
+            from models.models import PRDiT as OfficialPRDiT
+        except ImportError as error:
+            pytest.skip(f"the official code does not import here ({error}); it needs timm")
+        yield OfficialPRDiT
+    finally:
+        sys.path.remove(source)
+        for name in [name for name in sys.modules if name.split(".")[0] in theirs]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+def _official_network(official_prdit, name: str, size: int, stride: int, seed: int = 1):
+    spec = parse_model_name(name)
+    torch.manual_seed(seed)
+    network = official_prdit(input_size=size, patch_size=spec.patch, stride=stride, padding=(spec.patch - stride) // 2,
+                             in_channels=1, hidden_size=spec.hidden_size, depth=spec.depth, num_heads=spec.num_heads,
+                             learn_sigma=True)
+    with torch.no_grad():
+        for parameter in network.parameters():  # its own init zeroes the output layers: nothing would show
+            parameter.normal_(0, 0.05)
+    return network.eval()
+
+
+# The official code refuses widths that are not multiples of 6 once it has global blocks (its position code needs
+# dim % 6 == 0): T (128) and L (1024) are compared without them, and their refusal is checked.
+@pytest.mark.parametrize("name, size, stride", [("PRDiT-XS/10/2", 16, 8), ("PRDiT-XS/12/1", 16, 8), ("PRDiT-S/10/1", 16, 8),
+                                                ("PRDiT-T/6/0", 16, 4), ("PRDiT-L/10/0", 16, 8)])
+def test_converted_weights_match_the_official_code(official_prdit, name, size, stride):
+    official = _official_network(official_prdit, name, size, stride)
+    model = create_model(name, input_size=size, stride=stride).eval()
+    model.load_state_dict(from_official(official.state_dict(), stride))
+    x = 0.5 * torch.randn(2, 1, size, size, size, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999, 40])
+    with torch.no_grad():
+        expected, got = official(x, t), model(x, t)
+    assert expected.abs().max() > 0.5
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["PRDiT-T/6/2", "PRDiT-L/10/1"])
+def test_the_official_code_refuses_global_blocks_of_widths_not_divisible_by_six(official_prdit, name):
+    with pytest.raises(ValueError, match="divisible by 6"):
+        _official_network(official_prdit, name, 16, 4 if name.startswith("PRDiT-T") else 8)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -92,11 +92,18 @@ def test_configure_chooses_from_cores_policy_and_load(monkeypatch, restore_threa
 
 @pytest.mark.parametrize("given, first, expected", [(None, "prdit", "PASSIVE"), ("ACTIVE", "prdit", "ACTIVE"),
                                                     (None, "torch", "unset")])
-def test_importing_prdit_makes_waiting_openmp_threads_sleep(given, first, expected):
-    """... when it comes before torch; after torch the setting would be too late and is left alone."""
+def test_the_command_makes_waiting_openmp_threads_sleep(given, first, expected):
+    """... when it starts before torch is loaded; after torch the setting would be too late and is left alone."""
     env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
     if given:
         env["OMP_WAIT_POLICY"] = given
-    code = f"import os, {first}, prdit; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    code = f"import os, {first}; from prdit.cli import main; main([]); print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == expected
+    assert out.strip().splitlines()[-1] == expected
+
+
+def test_importing_prdit_leaves_the_environment_alone():
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    code = "import os, prdit, prdit.sample, prdit.train.trainer; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "unset"

@@ -1,12 +1,23 @@
-"""What every ``prdit`` command shares: config arguments, ``--device`` (alias ``--gpu_id``) and the error mapper."""
+"""What every ``prdit`` command shares: config arguments, ``--device`` (alias ``--gpu_id``), the error mapper and
+the OpenMP wait policy."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
 from prdit.errors import PrditError
+
+
+def sleep_waiting_openmp_threads() -> None:
+    """Before torch loads OpenMP: threads waiting at a barrier sleep instead of spinning on cores that a busy
+    machine's other threads need (numbers in prdit/runtime.py). An OMP_WAIT_POLICY of your own is kept; once torch
+    is loaded the setting would come too late, and would only mislead prdit.runtime. The command (and so the demo)
+    sets it for its own process; ``import prdit`` leaves a host program's environment alone."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

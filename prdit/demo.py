@@ -91,6 +91,7 @@ def time_training_steps(config: Config, seconds: float, device: str = "cpu", min
     local denoiser frozen, as in training."""
     import itertools
     import tempfile
+    from types import SimpleNamespace
 
     import torch
 
@@ -114,7 +115,7 @@ def time_training_steps(config: Config, seconds: float, device: str = "cpu", min
         x0 = torch.rand(micro, config.model.in_channels, size, size, size, device=where) * 2 - 1
         run = Run(
             config, DistInfo(0, 1, 0, where), Path(scratch), diffusion, model, model, None, create_ema(model),
-            build_optimizer(model, config, []), cast(Any, None),  # no dataset: every micro-batch is x0
+            build_optimizer(model, config, []), cast(Any, SimpleNamespace(condition=None)),  # unconditional: every batch is x0
             StepBatchSampler(tcfg.global_batch_size, 0, 1, micro, 0, tcfg.total_steps), itertools.repeat(x0),
             autocast_for(tcfg.precision, where), RunLogger(Path(scratch), False, False), x0, [],
             [p for p in model.parameters() if p.requires_grad], LRPlan(tcfg.total_steps),

@@ -33,7 +33,7 @@ from prdit.data.conditions import PHANTOM_LABELS, effective_diameter_mm
 from prdit.data.phantom import generate_phantom, phantom_label_map
 from prdit.evaluation.anatomy import body_and_lung_masks
 from prdit.evaluation.metrics import ms_ssim_diversity
-from prdit.evaluation.offline import hu_histogram_distance, tissue_fraction_comparison
+from prdit.evaluation.offline import offline_metrics
 from prdit.io import atomic_write_text
 from prdit.sample import load_pipeline, pretrained_weights
 
@@ -68,8 +68,9 @@ def dice_scores(volumes: np.ndarray, masks: np.ndarray) -> dict[str, dict[str, f
 
 
 def realism(real: np.ndarray, fake: np.ndarray) -> dict:
-    fractions = tissue_fraction_comparison(real, fake)
-    return {"hu_w1": hu_histogram_distance(real, fake)["wasserstein_hu"],
+    metrics = offline_metrics(real, fake)
+    fractions = metrics["tissue_fractions"]
+    return {"hu_w1": metrics["hu_histogram"]["wasserstein_hu"],
             "tissue_fractions": {name: {"fake": v["fake_mean"], "real": v["real_mean"]} for name, v in fractions.items()}}
 
 

@@ -291,21 +291,48 @@ def prdit_builder(side: str, case: str, size: int, batch: int, plan: Plan) -> Ca
 
 
 def run_tests(plan: Plan, rec: Recorder, args: argparse.Namespace) -> None:
-    """The CUDA-marked tests; one row per test with its outcome (skipped everywhere without CUDA)."""
+    """The CUDA-marked tests; one row per test with its outcome (skipped everywhere without CUDA).
+
+    pytest gets the step's time less 10 s: past that it is ended, and the outcomes it had printed are kept.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "junit.xml"
-        command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={report}",
+        command = [sys.executable, "-m", "pytest", "-v", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={report}",
                    str(ROOT / "tests" / "test_cuda.py")]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-        rec.set(pytest_returncode=done.returncode, pytest_tail=done.stdout[-3000:] + done.stderr[-2000:])
-        if not report.exists():
-            raise RuntimeError(f"pytest wrote no report (exit {done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-        for case in ElementTree.parse(report).getroot().iter("testcase"):
-            outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
-            detail = next((child.get("message", "") for child in case if child.tag in ("failure", "error", "skipped")), "")
-            rec.add({"test": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)), "detail": detail[:500]})
+        try:
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False,
+                                  timeout=max(5.0, plan.limits["tests"] * args.time_scale - 10))
+            output, returncode = done.stdout + done.stderr, done.returncode
+        except subprocess.TimeoutExpired as stopped:
+            output, returncode = _text(stopped.stdout) + _text(stopped.stderr), None
+        rec.set(pytest_returncode=returncode, pytest_tail=output[-5000:])
+        if report.exists():
+            for case in ElementTree.parse(report).getroot().iter("testcase"):
+                outcome = next((child.tag for child in case if child.tag in ("failure", "error", "skipped")), "passed")
+                detail = next((child.get("message", "") for child in case if child.tag in ("failure", "error", "skipped")), "")
+                rec.add({"test": case.get("name"), "outcome": outcome, "seconds": float(case.get("time", 0)), "detail": detail[:500]})
+        else:  # cut off: what its verbose lines say
+            for row in verbose_outcomes(output):
+                rec.add(row)
     counts = {k: sum(r["outcome"] == k for r in rec.payload["rows"]) for k in ("passed", "failure", "error", "skipped")}
     rec.set(counts=counts)
+    if returncode is None:
+        raise TimeoutError(f"the CUDA tests did not finish in {plan.limits['tests'] * args.time_scale - 10:.0f} s")
+
+
+def verbose_outcomes(output: str) -> list[dict]:
+    """The test rows of ``pytest -v`` output (``path::name OUTCOME [ n%]`` lines), in the junit report's terms."""
+    outcomes = {"PASSED": "passed", "FAILED": "failure", "ERROR": "error", "SKIPPED": "skipped"}
+    rows = []
+    for line in output.splitlines():
+        name, _, rest = line.partition(" ")
+        if "::" in name and rest.split(" ")[0] in outcomes:
+            rows.append({"test": name.split("::", 1)[1], "outcome": outcomes[rest.split(" ")[0]], "seconds": None, "detail": ""})
+    return rows
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
 def run_reference(plan: Plan, rec: Recorder, args: argparse.Namespace) -> None:
@@ -543,6 +570,7 @@ def run_steps(steps: list[str], plan: Plan, args: argparse.Namespace) -> list[di
         command = [sys.executable, "-m", "benchmarks.gpu_check", "--run-step", step, "--out", str(out)]
         command += ["--dry-run"] if args.dry_run else []
         command += ["--official-src", args.official_src] if args.official_src else []
+        command += ["--time-scale", str(args.time_scale)]
         limit = plan.limits[step] * args.time_scale
         print(f"== {step}: {TITLES[step]} (limit {limit:.0f} s)", flush=True)
         began = time.perf_counter()
@@ -617,7 +645,9 @@ def summary_markdown(records: list[dict], out: Path) -> str:
         counts = tests.get("counts") or {}
         lines += ["", "## 1. CUDA-marked tests", "", ", ".join(f"{k} {v}" for k, v in counts.items()), "",
                   "| test | outcome | s |", "|---|---|---|"]
-        lines += [f"| {r['test']} | {r['outcome']} | {r['seconds']:.1f} |" for r in tests["rows"]]
+        for r in tests["rows"]:
+            seconds = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
+            lines.append(f"| {r['test']} | {r['outcome']} | {seconds} |")
 
     reference = results["reference"]
     if reference["rows"]:

@@ -33,6 +33,17 @@ def test_sampler_timing_whole_run_and_estimate_from_its_first_calls():
     assert estimate["seconds"] == pytest.approx(estimate["seconds_per_call"] * estimate["network_calls"])
 
 
+def test_outcomes_of_a_cut_off_pytest_run_come_from_its_verbose_lines():
+    output = ("collecting ... collected 3 items\n"
+              "tests/test_cuda.py::test_a[PRDiT-T/6/2-4] PASSED                [ 33%]\n"
+              "tests/test_cuda.py::test_b FAILED                               [ 66%]\n"
+              "tests/test_cuda.py::test_c SKIPPED (needs a CUDA GPU)           [100%]\n"
+              "FAILED tests/test_cuda.py::test_b - assert 1 < 0\n")
+    rows = gpu_check.verbose_outcomes(output)
+    assert [(r["test"], r["outcome"]) for r in rows] == [("test_a[PRDiT-T/6/2-4]", "passed"), ("test_b", "failure"),
+                                                          ("test_c", "skipped")]
+
+
 def test_counted_flops_of_a_matmul():
     a, b = torch.randn(8, 16), torch.randn(16, 4)
     assert gpu_check.counted_flops(lambda: a @ b) == 2 * 8 * 16 * 4

@@ -652,7 +652,7 @@ def summary_markdown(records: list[dict], out: Path) -> str:
     reference = results["reference"]
     if reference["rows"]:
         lines += ["", "## 2. Training step: prdit vs the official code",
-                  "", "prdit in bf16 autocast; reference = the official layer order as released (fp32, bf16 attention); "
+                  "", "prdit in bf16 autocast; reference = the official layer order as released (fp32 with TF32, bf16 attention); "
                   "official = the paper's code itself (when carried). Memory: allocator peak from before the build "
                   "(weights, gradients, AdamW state, activations). Speed = their time / prdit's; memory = prdit's peak / theirs.",
                   "", "| case | size | batch | side | ms / step | peak GiB | MFU |", "|---|---|---|---|---|---|---|"]

@@ -491,7 +491,7 @@ def run_phantom(plan: Plan, rec: Recorder, args: argparse.Namespace) -> None:
     from prdit.config import load_config
     from prdit.data.phantom import generate_phantom
     from prdit.demo import CONFIG_DIR
-    from prdit.evaluation.offline import offline_metrics, real_floor, volume_statistics
+    from prdit.evaluation.offline import compare_statistics, real_floor, volume_statistics
     from prdit.sample import load_pipeline
     from prdit.train.trainer import TrainOptions, train
 
@@ -529,8 +529,9 @@ def run_phantom(plan: Plan, rec: Recorder, args: argparse.Namespace) -> None:
     real = np.stack([generate_phantom(plan.phantom_size, seed)[0] for seed in held_out]).astype(np.float32)
     low, high = pipeline.mapping.window
     real = np.clip(real, low, high)  # what the model can represent (its HU window)
-    metrics = offline_metrics(real, fake)
-    floor = real_floor(volume_statistics(real)) if len(real) >= 4 else None
+    real_statistics = volume_statistics(real)
+    metrics = compare_statistics(real_statistics, volume_statistics(fake))
+    floor = real_floor(real_statistics) if len(real) >= 4 else None
     fractions = metrics["tissue_fractions"]
     rec.add({"stage": "evaluation", "samples": plan.phantom_samples, "held_out": plan.phantom_held_out,
              "sampler": pipeline.diffusion.resolve(None, plan.phantom_sample_steps), "sampling_seconds": sampled,

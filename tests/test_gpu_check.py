@@ -22,6 +22,13 @@ from prdit.models import create_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_the_gpu_plan_fits_nine_minutes_and_limits_every_step():
+    for plan in (gpu_check.GPU, gpu_check.DRY):
+        assert set(plan.limits) == set(gpu_check.STEPS)
+    assert sum(gpu_check.GPU.limits.values()) <= 9 * 60  # the budget; the device call's limit is 10 minutes
+    assert gpu_check.GPU.stage_seconds * 2 < gpu_check.GPU.limits["phantom"]
+
+
 def test_sampler_timing_whole_run_and_estimate_from_its_first_calls():
     model = create_model("PRDiT-T/6/2", 16, stride=4).eval()
     diffusion = create_diffusion(None)

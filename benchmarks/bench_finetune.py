@@ -65,10 +65,13 @@ def train(args: argparse.Namespace) -> None:
 
 
 def _w1(weights: str, out: Path, samples: int) -> float:
-    """Sample ``samples`` volumes from ``weights`` and return their HU-histogram W1 against the held-out set."""
+    """Sample ``samples`` volumes from ``weights`` and return their HU-histogram W1 against the held-out set (an
+    earlier evaluation of as many samples is reused: a rerun only adds the new checkpoints)."""
+    result = out / "offline.json"
+    if result.is_file() and json.loads(result.read_text())["protocol"]["n_fake"] == samples:
+        return float(json.loads(result.read_text())["hu_histogram"]["wasserstein_hu"])
     _run(["sample", "--ckpt", weights, "--output-dir", str(out), "--num-volumes", str(samples), "--batch-size", "8",
           "--precision", "bf16", "--no-progress"]).wait()
-    result = out / "offline.json"
     _run(["evaluate", "offline", "--data_root_real", str(HELD_OUT), "--data_root_fake", str(out), "--bootstrap", "0",
           "--hu-window", "-1000", "2000", "--out", str(result), "--overwrite", "--no-progress"]).wait()
     return float(json.loads(result.read_text())["hu_histogram"]["wasserstein_hu"])
@@ -96,8 +99,11 @@ def evaluate(args: argparse.Namespace) -> None:
     for name in ("finetune", "scratch"):
         run_dir = next(WORK.glob(f"*{name}"))
         points = [] if name == "scratch" else [{"step": 0, "minutes": 0.0, "w1": _w1(SHIPPED, WORK / "samples-shipped", args.samples)}]
+        wanted = getattr(args, f"{name}_points")
         for checkpoint in sorted((run_dir / "checkpoints").glob("step-*.pt")):
             step = int(checkpoint.stem.split("-")[1])
+            if wanted and step not in wanted:
+                continue
             w1 = _w1(str(checkpoint), WORK / f"samples-{name}-{step}", args.samples)
             points.append({"step": step, "minutes": step / rates[name] / 60, "w1": w1})
             print(f"{name} step {step}: {step / rates[name] / 60:.1f} min, W1 {w1:.1f} HU", flush=True)
@@ -117,6 +123,8 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=600)
     parser.add_argument("--scratch-steps", type=int, default=2400)
     parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--finetune-points", type=int, nargs="*", default=[], help="evaluate only these steps (default: all)")
+    parser.add_argument("--scratch-points", type=int, nargs="*", default=[], help="evaluate only these steps (default: all)")
     args = parser.parse_args()
     (train if args.phase == "train" else evaluate)(args)
 

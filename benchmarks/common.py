@@ -21,6 +21,7 @@ model: gradients, AdamW state and activations.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import gc
 import json
@@ -300,11 +301,20 @@ def rss_step_growth(bench: Bench, steps: int = 1) -> int:
     Writing 5 to /proc/self/clear_refs resets the peak (VmHWM) to the current RSS, so memory touched earlier
     (imports, building the model) does not hide the step's own peak.
     """
+    return rss_growth_of(lambda: [bench.step() for _ in range(steps)])
+
+
+def rss_growth_of(work: Callable[[], object]) -> int:
+    """Peak RSS growth while ``work()`` runs, from the RSS right before it (Linux; see :func:`rss_step_growth`).
+
+    glibc keeps freed memory (of an earlier step, say) mapped and reuses it without the RSS growing, which would
+    hide that much of the peak: ``malloc_trim`` returns it to the system first."""
     gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     Path("/proc/self/clear_refs").write_text("5")
     before = proc_status_bytes("VmRSS")
-    for _ in range(steps):
-        bench.step()
+    work()
     return proc_status_bytes("VmHWM") - before
 
 
@@ -326,6 +336,54 @@ def cpu_step_memory(kind: str, preset_name: str, input_size: int, batch: int, gr
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         raise RuntimeError(f"memory probe of {kind} at {input_size}^3 failed:\n{done.stderr[-2000:]}")
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+TRAINING_STEP_PROBE = r"""
+import json, sys
+from pathlib import Path
+import torch
+from benchmarks.common import rss_growth_of
+from prdit.config import config_from_dict
+from prdit.diffusion import create_diffusion
+from prdit.runtime import autocast_for
+from prdit.train.ema import create_ema, update_ema
+from prdit.train.trainer import build_model, build_optimizer
+name, size, batch, precision, ckpt, stride = json.loads(sys.argv[1])
+config = config_from_dict({"data": {"image_size": size}, "model": {"name": name, "stride": stride},
+                           "training": {"precision": precision, "activation_checkpointing": ckpt}})
+torch.manual_seed(0)
+diffusion = create_diffusion(config.diffusion)
+model = build_model(config, diffusion.model_out_channels)
+if model.depth:
+    model.freeze_local_denoiser()
+ema, optimizer = create_ema(model), build_optimizer(model, config, [])
+trainable = [p for p in model.parameters() if p.requires_grad]
+x0 = torch.rand(batch, 1, size, size, size) * 2 - 1
+
+def step():
+    with autocast_for(precision, torch.device("cpu")):
+        loss = diffusion.training_loss(model, x0)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    update_ema(ema, model, 0.999)
+
+step()  # AdamW creates its state in the first step; the second is what every later step looks like
+print(json.dumps(rss_growth_of(step)))
+"""
+
+
+def training_step_memory(name: str, size: int, batch: int, precision: str = "fp32", checkpointing: bool = False,
+                         stride: int | None = None) -> int:
+    """Peak-RSS growth of a real training step (the trainer's model, EMA and fused AdamW, IaN loss, clipping) in a
+    fresh process, measured on the second step: what every step adds once AdamW's state exists."""
+    config = (name, size, batch, precision, checkpointing, stride)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", TRAINING_STEP_PROBE, json.dumps(config)], capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"probe {config} failed:\n{done.stderr[-2000:]}")
     return int(done.stdout.strip().splitlines()[-1])
 
 

@@ -11,7 +11,10 @@ import json
 import os
 import pickle
 import re
+import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -21,9 +24,10 @@ from prdit.errors import CheckpointError
 from prdit.io import atomic_write, sha256_file
 from prdit.models import PRDiT
 from prdit.models.official import from_official_checkpoint, is_official_checkpoint
-from prdit.runs import point_latest, resolve_checkpoint
+from prdit.runs import is_sharded_checkpoint, point_latest, resolve_checkpoint
 
-CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.(?:pt|dcp)$")  # a file, or a sharded folder
+SHARDED_STATE = "state.pt"  # the non-tensor part of a sharded checkpoint, inside its folder
 ASSETS = Path(__file__).parent / "assets"  # the shipped models, named by their file stem (e.g. phantom-32)
 
 
@@ -82,13 +86,29 @@ def _tensor_bytes(value) -> int:
     return 0
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint without running any code from it; every failure names the file."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", tensors: bool = True) -> dict:
+    """Load a checkpoint without running any code from it; every failure names the file.
+
+    A sharded checkpoint (a ``.dcp`` folder, ``training.parallel: fsdp``) is read whole: full model and EMA
+    weights (its optimiser state only resumes through :mod:`prdit.train.sharded`); ``tensors=False`` reads
+    only its non-tensor state (step, RNG, config, meta)."""
     path = resolve_checkpoint(path)
+    if not is_sharded_checkpoint(path):
+        state = _read_torch_file(path, map_location)
+    else:
+        state = _read_torch_file(path / SHARDED_STATE, map_location)
+        if tensors:
+            state.update(_read_sharded_weights(path))
+    if tensors and (not isinstance(state, dict) or not ({"model", "ema"} & state.keys())):
+        raise CheckpointError(f"{path}: not a prdit checkpoint (no 'model' or 'ema' weights inside)")
+    return state
+
+
+def _read_torch_file(path: Path, map_location: str | torch.device) -> dict:
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before refusing or loading
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if "Weights only load failed" not in str(error):
             raise CheckpointError(f"{path}: cannot read the checkpoint (not a valid pickle: {str(error)[:200]}); it may be truncated") from None
@@ -103,9 +123,39 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path}: cannot read the checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
             "it may be truncated (an interrupted copy?) or not a prdit checkpoint"
         ) from None
-    if not isinstance(state, dict) or not ({"model", "ema"} & state.keys()):
-        raise CheckpointError(f"{path}: not a prdit checkpoint (no 'model' or 'ema' weights inside)")
-    return state
+
+
+def _read_sharded_weights(path: Path) -> dict:
+    """The full model and EMA tensors of a DCP folder, in this process (no process group needed).
+
+    DCP's index (``.metadata``) is a pickle: read sharded folders from your own runs only; share weights with
+    ``prdit export`` (safetensors)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        reader = dcp.FileSystemReader(str(path))
+        template: dict[str, dict[str, torch.Tensor]] = {}
+        for key, item in reader.read_metadata().state_dict_metadata.items():
+            section, _, name = key.partition(".")
+            if section in ("model", "ema") and isinstance(item, TensorStorageMetadata):
+                template.setdefault(section, {})[name] = torch.empty(item.size, dtype=item.properties.dtype)
+        with quiet_single_process():
+            dcp.load(template, storage_reader=reader, no_dist=True)
+    except Exception as error:  # a missing shard file, a truncated index: one message
+        raise CheckpointError(
+            f"{path}: cannot read the sharded checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            "is every rank's file there (a copy of the whole folder)?"
+        ) from None
+    return template
+
+
+@contextmanager
+def quiet_single_process() -> Iterator[None]:
+    """DCP warns when it runs without a process group, which is what reading in one process means."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def write_checkpoint(state: dict, checkpoint_dir: Path, keep_last: int, is_best: bool = False) -> Path:
@@ -115,12 +165,20 @@ def write_checkpoint(state: dict, checkpoint_dir: Path, keep_last: int, is_best:
     point_latest(path)
     if is_best:
         write_best(state, checkpoint_dir)
+    prune_checkpoints(checkpoint_dir, keep_last)
+    return path
+
+
+def prune_checkpoints(checkpoint_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` step checkpoints (files or sharded folders)."""
     steps = sorted(
         (int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))
     )
     for _, old in steps[:-keep_last]:
-        old.unlink()
-    return path
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
 
 
 def write_best(state: dict, checkpoint_dir: Path) -> Path:

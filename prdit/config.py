@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,7 +105,6 @@ class ModelConfig(Section):
         "ema", description="which stage-1 weights stage 2 loads: ema (smoothed) or model (raw, the paper's code)"
     )
     init_gain: float = Field(0.1, gt=0, description="xavier gain of the global DiT's linear layers (paper: 0.1)")
-    grad_checkpoint: bool = False
     freeze_local: bool = Field(
         True, description="stage 2 freezes the loaded local denoiser; false fine-tunes it too (e.g. a conditional model's local path)"
     )
@@ -157,7 +157,15 @@ class TrainingConfig(Section):
     seed: int = 42
     total_steps: int = Field(104000, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on CPU too is 1.5-1.7x faster with AVX-512 bf16"
+        "auto", description="auto: bf16 autocast on GPUs and on CPUs with native bf16 (AMX, AVX-512 bf16), else fp32"
+    )
+    activation_checkpointing: bool = Field(
+        False, description="recompute each DiT block's (and the local denoiser's) activations in the backward pass: "
+        "much less memory, more time (docs/training.md)"
+    )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp (every rank holds the whole model) or fsdp (parameters, gradients and "
+        "optimiser state sharded per DiT block)"
     )
     compile: bool = False
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
@@ -266,15 +274,51 @@ def _validation_message(error: ValidationError, source: str) -> str:
     return f"{source}: invalid value for '{key}': {message}{got}"
 
 
+# Keys that moved: configs (and saved runs) that use the old name still load, with a note when it matters.
+MOVED_KEYS = {("model", "grad_checkpoint"): ("training", "activation_checkpointing")}
+
+
+def migrate_moved_keys(values: dict, source: str = "config", announce: bool = False) -> dict:
+    """A copy of a config dict with every key of :data:`MOVED_KEYS` under its new name (old runs' saved configs
+    included); ``announce`` prints a note for an old key that is set to anything but its default."""
+    values = {key: dict(section) if isinstance(section, dict) else section for key, section in values.items()}
+    for (old_section, old_key), (new_section, new_key) in MOVED_KEYS.items():
+        section = values.get(old_section)
+        if not isinstance(section, dict) or old_key not in section:
+            continue
+        value = section.pop(old_key)
+        target = values.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            continue  # the section-shape error is reported by the key check
+        if new_key in target and target[new_key] != value:
+            raise ConfigError(f"{source}: '{old_section}.{old_key}' (old name of '{new_section}.{new_key}') is "
+                              f"{value!r} but '{new_section}.{new_key}' is {target[new_key]!r}; keep only the new key")
+        target[new_key] = value
+        if announce and value:
+            print(f"note: {source}: '{old_section}.{old_key}' is now '{new_section}.{new_key}' (read as such; "
+                  "rename it to silence this note)", file=sys.stderr)
+    return values
+
+
 def config_from_dict(values: dict, source: str = "config") -> Config:
     """Validate a nested dict into a :class:`Config`; errors name the key."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: a config must be a mapping of sections, got {type(values).__name__}")
+    values = migrate_moved_keys(values, source, announce=True)
     _check_keys(values, Config, "", source)
     try:
         return Config.model_validate(values)
     except ValidationError as error:
         raise ConfigError(_validation_message(error, source)) from None
+
+
+def with_defaults(values: dict) -> dict:
+    """A saved config dict completed by today's defaults (moved keys renamed): a run saved before a key existed
+    compares equal to a config that leaves that key at its default."""
+    def merge(base: dict, top: dict) -> dict:
+        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                           for k, v in top.items()}}
+    return merge(Config().to_dict(), migrate_moved_keys(values))
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -340,7 +384,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     values = read_yaml(path) if path is not None else {}
     source = str(path) if path is not None else "defaults"
     if overrides:
-        _check_keys(values, Config, "", source)
+        _check_keys(migrate_moved_keys(values, source), Config, "", source)
         values = apply_overrides(values, overrides)
         source += " + overrides"
     return config_from_dict(values, source)

@@ -135,10 +135,16 @@ def unused_path(path: str | os.PathLike) -> Path:
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file; of a folder (a sharded checkpoint), of its files' relative names and contents in name order."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
     return digest.hexdigest()
 
 

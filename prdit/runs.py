@@ -13,6 +13,7 @@ from prdit.io import atomic_write_text
 
 RUN_NUMBER = re.compile(r"^(\d+)-")  # the NNN- prefix of a run folder
 LATEST = "latest"  # a text file in a checkpoint folder naming its newest checkpoint
+SHARDED_SUFFIX = ".dcp"  # a sharded checkpoint (training.parallel: fsdp) is a folder step-NNNNNNN.dcp
 
 
 def run_name(config: Config) -> str:
@@ -65,6 +66,11 @@ def resume_run_dir(config: Config) -> Path:
     return runs[-1]
 
 
+def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.suffix == SHARDED_SUFFIX and path.is_dir()
+
+
 def point_latest(checkpoint: Path) -> None:
     """Make ``checkpoint`` the one its folder's ``latest`` pointer names."""
     atomic_write_text(checkpoint.parent / LATEST, checkpoint.name + "\n")
@@ -89,8 +95,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             raise CheckpointError(f"{text}: no run folder matches; train that stage first or give the checkpoint path")
         path = runs[-1]
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         path = resolve_latest(path)
-    if not path.is_file():
+    if not (path.is_file() or is_sharded_checkpoint(path)):
         raise CheckpointError(f"{path}: checkpoint not found")
     return path

@@ -33,7 +33,7 @@ from prdit.io import atomic_write_text, ensure_writable, load_volume, save_nifti
 from prdit.models import GuidedModel, PRDiT, create_model
 from prdit.models.official import from_official_checkpoint, is_official_checkpoint
 from prdit.runs import resolve_checkpoint
-from prdit.runtime import autocast_for, resolve_device
+from prdit.runtime import autocast_for, resolve_device, resolve_precision
 
 ASSETS = Path(__file__).parent / "assets"
 #: Weights shipped inside the package, by the name ``--pretrained`` takes.
@@ -169,6 +169,7 @@ class Pipeline:
             "time_grid": grid,
             "network_calls": self.diffusion.network_calls(sampler, steps, grid),
             "seed": seed,
+            "precision": resolve_precision(self.precision, self.device),
             "intensity": self.mapping.to_dict(),
             "spacing_mm": list(self.spacing),
             "units": "HU",

@@ -3,7 +3,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prdit.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
+from prdit.config import (
+    Config,
+    apply_overrides,
+    config_differences,
+    config_from_dict,
+    load_config,
+    parse_override,
+    save_config,
+    with_defaults,
+)
 from prdit.errors import ConfigError
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*/*.yaml"))
@@ -137,3 +146,25 @@ def test_the_command_rejects_a_bad_model_name_in_one_line(capsys):
     assert main(["config", "--config", "configs/phantom/local.yaml", "model.name=PRDiT-Q/6/0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("prdit: error: ") and err.count("\n") == 1 and "PRDiT-Q/6/0" in err
+
+
+def test_the_old_grad_checkpoint_key_still_loads_as_activation_checkpointing(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("model:\n  name: PRDiT-T/6/0\n  grad_checkpoint: true\n")
+    assert load_config(path).training.activation_checkpointing is True
+    assert "'model.grad_checkpoint' is now 'training.activation_checkpointing'" in capsys.readouterr().err
+    assert load_config(path, ["training.lr=1e-3"]).training.activation_checkpointing is True  # overrides on top
+    assert load_config(None, ["model.grad_checkpoint=false"]).training.activation_checkpointing is False
+    assert "grad_checkpoint" not in Config().to_dict()["model"]
+    with pytest.raises(ConfigError, match="old name of 'training.activation_checkpointing'.*keep only the new key"):
+        config_from_dict({"model": {"grad_checkpoint": True}, "training": {"activation_checkpointing": False}}, "both.yaml")
+
+
+def test_a_run_saved_before_new_keys_existed_compares_equal_to_todays_defaults():
+    config = config_from_dict({"model": {"name": "PRDiT-T/6/0"}, "training": {"activation_checkpointing": True}})
+    saved = config.to_dict()
+    saved["model"]["grad_checkpoint"] = saved["training"].pop("activation_checkpointing")
+    del saved["training"]["parallel"]
+    assert config_differences(with_defaults(saved), config.to_dict()) == {}
+    saved["training"]["lr"] = 1.0
+    assert config_differences(with_defaults(saved), config.to_dict()) == {"training.lr": (1.0, config.training.lr)}

@@ -8,8 +8,18 @@ import warnings
 import pytest
 import torch
 
+from prdit import runtime
 from prdit.errors import ConfigError
-from prdit.runtime import autocast_for, choose_cpu_threads, configure_cpu_threads, enable_tf32, resolve_device, usable_cpus
+from prdit.runtime import (
+    autocast_for,
+    choose_cpu_threads,
+    configure_cpu_threads,
+    describe_precision,
+    enable_tf32,
+    resolve_device,
+    resolve_precision,
+    usable_cpus,
+)
 
 
 def test_auto_and_gpu_indices_fall_back_to_the_cpu_without_cuda(monkeypatch, capsys):
@@ -31,15 +41,63 @@ def test_indices_and_plain_cuda_name_this_process_gpu(monkeypatch):
     assert resolve_device("1") == resolve_device(1) == torch.device("cuda:1")
 
 
-def test_autocast_auto_is_bf16_on_cuda_only():
+INTEL_FLAGS = "flags\t\t: fpu vme sse sse2 avx2 avx512f avx512bw {extra} xsave\n"
+
+
+@pytest.fixture
+def cpuinfo(tmp_path, monkeypatch):
+    """Point the bf16 detection at a fake /proc/cpuinfo with the given extra flags."""
+    read = runtime.native_bf16_cpu_features.__wrapped__  # the uncached reader
+
+    def fake(extra: str) -> None:
+        path = tmp_path / "cpuinfo"
+        path.write_text("processor\t: 0\nmodel name\t: a CPU\n" + INTEL_FLAGS.format(extra=extra))
+        monkeypatch.setattr(runtime, "native_bf16_cpu_features", lambda: read(str(path)))
+    return fake
+
+
+@pytest.mark.parametrize("extra, features", [("avx512_bf16", ("avx512_bf16",)), ("amx_bf16 amx_tile avx512_bf16", ("amx_bf16", "avx512_bf16"))])
+def test_auto_precision_is_bf16_on_cpus_with_native_bf16(cpuinfo, extra, features):
+    cpuinfo(extra)
+    assert runtime.native_bf16_cpu_features() == features
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert f"natively ({', '.join(features)})" in describe_precision("auto", torch.device("cpu"))
+    x = torch.ones(2, 2)
+    with autocast_for("auto", torch.device("cpu")):
+        assert (x @ x).dtype == torch.bfloat16
+
+
+def test_auto_precision_is_fp32_on_cpus_that_would_emulate_bf16(cpuinfo):
+    cpuinfo("avx512vl")  # AVX-512 without its bf16 extension
+    assert runtime.native_bf16_cpu_features() == ()
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert "no native bf16" in describe_precision("auto", "cpu")
     x = torch.ones(2, 2)
     with autocast_for("auto", torch.device("cpu")):
         assert (x @ x).dtype == torch.float32
+
+
+def test_explicit_precision_wins_and_cuda_auto_is_bf16(cpuinfo):
+    cpuinfo("")
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cuda") == "fp32"
+    assert resolve_precision("auto", "cuda") == "bf16" and "on CUDA" in describe_precision("auto", "cuda")
+    assert "precision=fp32 was asked for" in describe_precision("fp32", "cpu")
+    with pytest.raises(ConfigError, match="use auto, bf16 or fp32"):
+        resolve_precision("fp16", "cpu")
+    x = torch.ones(2, 2)
     with autocast_for("bf16", torch.device("cpu")):
         assert (x @ x).dtype == torch.bfloat16
+    with autocast_for("fp32", torch.device("cpu")):
+        assert (x @ x).dtype == torch.float32
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # constructing a CUDA autocast without CUDA warns
         assert isinstance(autocast_for("auto", torch.device("cuda")), torch.autocast)
+
+
+def test_bf16_detection_reads_the_real_cpu_without_failing():
+    features = runtime.native_bf16_cpu_features()
+    assert set(features) <= set(runtime.NATIVE_BF16_FLAGS)
+    assert resolve_precision("auto", "cpu") == ("bf16" if features else "fp32")
 
 
 def test_tf32_is_left_alone_off_cuda():

@@ -35,6 +35,8 @@ def blob_data(tmp_path_factory) -> Path:
 
 
 def make_config(data: Path, results: Path, model: str = "PRDiT-T/6/0", logging: dict | None = None, **training):
+    """A tiny run at fp32 (unless ``precision`` says otherwise): ``auto`` would depend on the test machine's CPU."""
+    training = {"precision": "fp32", **training}
     values = {
         "data": {"dataset": "folder", "root": str(data), "image_size": 16},
         "model": {"name": model, "stride": 4},

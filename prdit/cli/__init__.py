@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from prdit import __version__
-from prdit.cli import config, convert, data, demo, evaluate, export, preview, report, restore, sample, train
+from prdit.cli import config, convert, data, demo, evaluate, export, plan, preview, report, restore, sample, train
 from prdit.cli.common import run_command, sleep_waiting_openmp_threads
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"prdit {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (data, demo, train, sample, restore, export, convert, evaluate, report, preview, config):
+    for group in (data, demo, train, plan, sample, restore, export, convert, evaluate, report, preview, config):
         group.add_parser(commands)
     return parser
 

@@ -99,7 +99,7 @@ def build_operator(args: argparse.Namespace, size: int, spacing: tuple[float, fl
 
 def restore_command(args: argparse.Namespace) -> None:
     from prdit.demo import SHIPPED_WEIGHTS
-    from prdit.runtime import resolve_device
+    from prdit.runtime import describe_precision, resolve_device
     from prdit.sample import load_pipeline
 
     if (args.input is None) == (args.simulate is None):
@@ -110,6 +110,7 @@ def restore_command(args: argparse.Namespace) -> None:
     if (out_dir / "restored.nii.gz").exists() and not args.overwrite:
         raise FileExistsError(f"{out_dir / 'restored.nii.gz'} exists; pass --overwrite to replace it or choose another --out")
     pipeline = load_pipeline(args.ckpt or SHIPPED_WEIGHTS, device=resolve_device(args.device))
+    print(describe_precision(pipeline.precision, pipeline.device), flush=True)
     size = pipeline.input_size
     truth_path = args.truth or args.simulate
     truth = load_volume(truth_path) if truth_path else None

@@ -77,7 +77,7 @@ def _pick(args: argparse.Namespace, name: str, alias: str, default: int) -> int:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from prdit.runtime import configure_cpu_threads
+    from prdit.runtime import configure_cpu_threads, describe_precision
     from prdit.sample import load_pipeline, sample_to_folder, write_grid
     from prdit.train.distributed import barrier, setup_distributed, teardown_distributed
 
@@ -107,6 +107,8 @@ def _run_sample(args: argparse.Namespace) -> None:
     try:
         pipeline = load_pipeline(args.ckpt, device=info.device, use_ema=args.ema, precision=args.precision,
                                  hu_range=tuple(args.hu_range) if args.hu_range else None)
+        if info.is_main and not args.list_samplers:
+            print(describe_precision(pipeline.precision, pipeline.device), flush=True)
         if args.list_samplers:
             for name in pipeline.diffusion.samplers:
                 default = " (default)" if name == pipeline.diffusion.default_sampler else ""

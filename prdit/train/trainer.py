@@ -7,10 +7,10 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Callable, cast
 
 import numpy as np
 import torch
@@ -20,19 +20,21 @@ from tqdm.auto import tqdm
 
 from prdit import __version__
 from prdit.checkpoint import CheckpointMeta, LoadReport, load_checkpoint, load_pretrained, write_best, write_checkpoint
-from prdit.config import Config, TrainingConfig, config_differences, config_from_dict, save_config
+from prdit.config import Config, TrainingConfig, config_differences, config_from_dict, save_config, with_defaults
 from prdit.data.dataset import VolumeDataset, build_datasets, ensure_phantom_data, mapping_from_config
 from prdit.data.intensity import IntensityMapping
 from prdit.diffusion import Diffusion, create_diffusion
 from prdit.errors import ConfigError, PrditError
 from prdit.io import ensure_writable, remove_temp_files
 from prdit.models import PRDiT, create_model
-from prdit.runs import has_checkpoint, new_run_dir, resume_run_dir
-from prdit.runtime import autocast_for, enable_tf32
+from prdit.runs import has_checkpoint, is_sharded_checkpoint, new_run_dir, resolve_latest, resume_run_dir
+from prdit.runtime import autocast_for, describe_precision, enable_tf32
 from prdit.train.batches import StepBatchSampler, StreamDataset, batch_layout, noise_generator, split_batch
 from prdit.train.distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, setup_distributed
-from prdit.train.ema import create_ema, ema_decay_at, update_ema
+from prdit.train.ema import ema_decay_at, update_ema
 from prdit.train.logger import RunLogger, plot_loss_curve
+from prdit.train.parallel import full_norm, gradient_sync, wrap_model
+from prdit.train.sharded import load_sharded, save_sharded
 
 
 @dataclass
@@ -49,12 +51,12 @@ class TrainOptions:
 
 
 # Settings a resumed run may change and still continue exactly (everything else needs --allow-config-change).
-RESUME_SAFE_KEYS = ("training.total_steps", "data.num_workers", "logging.", "output.")
+RESUME_SAFE_KEYS = ("training.total_steps", "training.activation_checkpointing", "data.num_workers", "logging.", "output.")
 
 
 def check_resume_config(saved: dict, config: Config, run_dir: Path, allow: bool) -> dict[str, tuple]:
     """The settings changed since the run's checkpoint; refuses those that break an exact resume unless ``allow``."""
-    changes = config_differences(saved, config.to_dict())
+    changes = config_differences(with_defaults(saved), config.to_dict())
     breaking = [key for key in changes if not key.startswith(RESUME_SAFE_KEYS)]
     if breaking and not allow:
         shown = ", ".join(f"{key} {changes[key][0]!r} -> {changes[key][1]!r}" for key in breaking[:4])
@@ -122,7 +124,7 @@ def build_model(config: Config, out_channels: int) -> PRDiT:
         in_channels=config.model.in_channels,
         out_channels=out_channels,
         stride=config.model.stride,
-        grad_checkpoint=config.model.grad_checkpoint,
+        grad_checkpoint=config.training.activation_checkpointing,
         init_gain=config.model.init_gain,
         label_channels=len(config.model.condition.labels),
         attributes=len(config.model.condition.attributes),
@@ -181,11 +183,15 @@ def build_optimizer(model, config: Config, fine_tuned: list[str]) -> torch.optim
     )
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Adam's moments and step counts from a checkpoint; the hyperparameters (LR, betas, weight decay) stay the
-    configured ones, so a resumed run with a new ``training.lr`` uses it (as nanoGPT)."""
+def load_optimizer_state(optimizer: torch.optim.Optimizer, load: dict | Callable[[], object]) -> None:
+    """Adam's moments and step counts from a checkpoint's optimiser state (or what ``load()`` loads, e.g. a sharded
+    checkpoint); the hyperparameters (LR, betas, weight decay) stay the configured ones, so a resumed run with a
+    new ``training.lr`` uses it (as nanoGPT)."""
     configured = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
-    optimizer.load_state_dict(state)
+    if callable(load):
+        load()
+    else:
+        optimizer.load_state_dict(load)
     for group, settings in zip(optimizer.param_groups, configured):
         group.update(settings)
 
@@ -206,15 +212,21 @@ def validation_mse(
     return float(torch.mean((x0_hat.float() - volumes) ** 2))
 
 
-def save_previews(model, diffusion, train_set, run_dir: Path, step: int, count: int, device, autocast) -> Path:
+def save_previews(model, diffusion, train_set, run_dir: Path, step: int, count: int, device, autocast,
+                  write: bool = True) -> Path:
+    """Sample ``count`` preview volumes and save them as one picture (``write=False``: sample only, as the ranks
+    of a sharded model that are not the one writing)."""
     from prdit.preview import save_grid
 
     generator = torch.Generator(device=device).manual_seed(0)
     shape = (count, model.in_channels) + (train_set.image_size,) * 3
     with torch.no_grad(), autocast:
         samples = diffusion.sample(model, shape, generator=generator, progress=False)
+    path = run_dir / "previews" / f"step-{step:07d}.png"
+    if not write:
+        return path
     hu = train_set.mapping.to_hu(samples.float()[:, 0].cpu().numpy())
-    return save_grid(list(hu), run_dir / "previews" / f"step-{step:07d}.png", spacing=train_set.spacing, titles=[f"step {step}"] * count)
+    return save_grid(list(hu), path, spacing=train_set.spacing, titles=[f"step {step}"] * count)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -257,6 +269,8 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     info = setup_distributed(config.training.device)
     seed_everything(config.training.seed + info.rank)
     tcfg = config.training
+    if info.is_main:
+        print(f"[prdit] {describe_precision(tcfg.precision, info.device)}", flush=True)
     if info.is_main:  # before any data is generated or read
         ensure_writable(config.output.results_dir, "output.results_dir")
     if config.data.dataset == "phantom" and info.is_main:
@@ -267,18 +281,26 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
     model = build_model(config, diffusion.model_out_channels).to(info.device)
 
     start_step, best_val, report, running_loss, skipped = 0, math.inf, None, None, 0
-    run_dir, state, changes = None, None, {}
+    run_dir, state, changes, latest = None, None, {}, None
     if options.resume:
-        run_dir = Path(options.run_dir) if options.run_dir else resume_run_dir(config)
+        # Every rank looks (an error stops them all); rank 0's answer wins, should a shared filesystem show
+        # another node a stale listing.
+        found = Path(options.run_dir) if options.run_dir else resume_run_dir(config)
+        run_dir = Path(all_gather_objects(str(found), info)[0])
         if info.is_main and (stale := remove_temp_files(run_dir, run_dir / "checkpoints", run_dir / "previews")):
             print(f"[prdit] removed {len(stale)} unfinished temporary file(s) of an interrupted write: {', '.join(p.name for p in stale)}")
-        if has_checkpoint(run_dir):
-            state = load_checkpoint(run_dir / "checkpoints", map_location=info.device)
+        newest = str(resolve_latest(run_dir / "checkpoints")) if has_checkpoint(run_dir) else None
+        if (chosen := all_gather_objects(newest, info)[0]) is not None:
+            latest = Path(chosen)  # a sharded one: its tensors load after sharding
+            state = load_checkpoint(latest, map_location=info.device, tensors=not is_sharded_checkpoint(latest))
             changes = check_resume_config(state.get("config") or {}, config, run_dir, options.allow_config_change)
         elif info.is_main:
             print(f"[prdit] {run_dir} stopped before its first checkpoint: training it again from step 0")
     if state is not None and run_dir is not None:  # a checkpoint is only ever read from a named run folder
-        model.load_state_dict(state["model"])
+        if "model" in state:  # a sharded checkpoint's tensors are read into the shards below
+            if tcfg.parallel == "fsdp" and info.enabled:
+                raise ConfigError(f"{latest} is a single-file (DDP) checkpoint; resume this run with training.parallel=ddp")
+            model.load_state_dict(state["model"])
         resumed = CheckpointMeta.from_dict(state.get("meta"), run_dir / "checkpoints")
         if resumed.local_frozen:
             model.freeze_local_denoiser()
@@ -302,15 +324,16 @@ def prepare_run(config: Config, options: TrainOptions) -> Run:
         logger.log({"step": start_step, "config_changes": {key: list(values) for key, values in changes.items()}})
 
     # Wrapping broadcasts rank 0's weights to every rank, so the EMA is copied after it (all ranks then agree).
-    ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else None
-    ema = create_ema(model)
+    network, ddp, ema = wrap_model(model, tcfg.parallel, tcfg.precision, info)
     optimizer = build_optimizer(model, config, fine_tuned)
     lr_plan = LRPlan(tcfg.total_steps)
-    if state is not None:
-        ema.load_state_dict(state["ema"])
-        load_optimizer_state(optimizer, state["optimizer"])
+    if state is not None and latest is not None:
+        if "model" in state:
+            ema.load_state_dict(state["ema"])
+            load_optimizer_state(optimizer, lambda: optimizer.load_state_dict(state["optimizer"]))
+        else:
+            load_optimizer_state(optimizer, lambda: load_sharded(latest, model, ema, optimizer, info))
         lr_plan = resumed_lr_plan(state, tcfg)
-    network: torch.nn.Module = ddp if ddp is not None else model
     if tcfg.compile:
         network = cast(torch.nn.Module, torch.compile(network))
     enable_tf32(info.device)
@@ -387,12 +410,12 @@ def train_step(run: Run, step: int) -> float | None:
         if condition is not None:  # dropout draws first, then the loss's times and noise from the same stream
             conditioned["condition"] = condition.dropped(run.config.model.condition.dropout, generator)
         last = micro == accumulation - 1
-        with (run.ddp.no_sync() if run.ddp is not None and not last else nullcontext()), run.autocast:
+        with gradient_sync(run.model, run.ddp, enabled=last), run.autocast:
             loss = run.diffusion.training_loss(run.network, x0, generator=generator, **conditioned)
         (loss / accumulation).backward()
         loss_sum += loss.detach().float()
     loss_value = float(all_reduce_mean(loss_sum / accumulation, info))
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.trainable, tcfg.grad_clip or math.inf))
+    grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(run.trainable, tcfg.grad_clip or math.inf))
     spike = tcfg.spike_factor > 0 and run.running_loss is not None and step > 100 and loss_value > tcfg.spike_factor * run.running_loss
     spike = spike or (tcfg.max_loss is not None and loss_value > tcfg.max_loss)
     done = step + 1
@@ -427,8 +450,9 @@ def condition_meta(run: Run) -> dict | None:
             "dropout": condition.dropout}
 
 
-def checkpoint_state(run: Run, step: int) -> dict:
-    """Everything a resumed run needs to continue exactly (the RNG states of every rank included)."""
+def checkpoint_state(run: Run, step: int, tensors: bool = True) -> dict:
+    """Everything a resumed run needs to continue exactly (the RNG states of every rank included); without the
+    model, EMA and optimiser tensors when not ``tensors`` (a sharded checkpoint saves those apart)."""
     config, model, tcfg = run.config, run.model, run.config.training
     rng = all_gather_objects(rng_state(), run.info)
     meta = CheckpointMeta(
@@ -437,7 +461,8 @@ def checkpoint_state(run: Run, step: int) -> dict:
         fine_tuned=run.fine_tuned, intensity=run.train_set.mapping.to_dict(), spacing=list(run.train_set.spacing),
         diffusion=config.diffusion.model_dump(mode="json"), condition=condition_meta(run),
     )
-    return {"model": model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict(), "step": step,
+    weights = {"model": model.state_dict(), "ema": run.ema.state_dict(), "optimizer": run.optimizer.state_dict()} if tensors else {}
+    return {**weights, "step": step,
             "epoch": step * tcfg.global_batch_size // len(run.train_set), "best_val": run.best_val, "rng": rng,
             "running_loss": run.running_loss, "skipped": run.skipped, "lr_plan": asdict(run.lr_plan),
             "config": config.to_dict(), "meta": meta.to_dict(), "version": __version__}
@@ -447,19 +472,25 @@ def maybe_evaluate_and_checkpoint(run: Run, done: int) -> None:
     """Validation MSE (and stage-2 previews) every ``eval_every`` steps, a checkpoint every ``ckpt_every``, both at the
     end, and ``best.pt`` whenever validation finds a new best."""
     lcfg, tcfg, info = run.config.logging, run.config.training, run.info
-    last = done == tcfg.total_steps
+    last, sharded = done == tcfg.total_steps, tcfg.parallel == "fsdp"
     is_best = False
     if done % lcfg.eval_every == 0 or last:
-        # Every rank holds the same EMA: rank 0 validates and tells the others.
+        # Every rank holds the same EMA: rank 0 validates and tells the others. A sharded EMA computes on all
+        # ranks together (each holds a slice of it).
+        together = sharded and info.enabled
         score = validation_mse(run.ema, run.diffusion, run.eval_volumes, lcfg.eval_noise_level, tcfg.seed, run.autocast,
-                               lcfg.eval_timestep) if info.is_main else None
+                               lcfg.eval_timestep) if info.is_main or together else None
         val = float(all_gather_objects(score, info)[0])
         is_best, run.best_val = val < run.best_val, min(val, run.best_val)
         run.logger.log({"step": done, "val_mse": val})
-        if info.is_main and run.model.depth > 0 and lcfg.num_preview_samples:
-            save_previews(run.ema, run.diffusion, run.train_set, run.run_dir, done, lcfg.num_preview_samples, info.device, run.autocast)
+        if (info.is_main or together) and run.model.depth > 0 and lcfg.num_preview_samples:
+            save_previews(run.ema, run.diffusion, run.train_set, run.run_dir, done, lcfg.num_preview_samples, info.device,
+                          run.autocast, write=info.is_main)
     periodic = done % lcfg.ckpt_every == 0 or last
-    if periodic or is_best:  # best.pt is written when the best is found: the next checkpoint step may be worse
+    if sharded and (periodic or is_best):
+        save_sharded(checkpoint_state(run, done, tensors=False), run.model, run.ema, run.optimizer,
+                     run.run_dir / "checkpoints", run.config.output.keep_last, is_best, info, periodic)
+    elif periodic or is_best:  # best.pt is written when the best is found: the next checkpoint step may be worse
         state = checkpoint_state(run, done)
         if info.is_main and periodic:
             write_checkpoint(state, run.run_dir / "checkpoints", run.config.output.keep_last, is_best=is_best)
@@ -487,7 +518,7 @@ def train(config: Config, options: TrainOptions | None = None) -> Path:
     except torch.OutOfMemoryError:
         raise PrditError(
             f"out of memory at batch {run.sampler.micro_batch} per forward on {run.info.device}: lower training.micro_batch_size "
-            "(the global batch is kept by gradient accumulation), set model.grad_checkpoint=true, or use training.precision=bf16"
+            "(the global batch is kept by gradient accumulation), set training.activation_checkpointing=true, or use training.precision=bf16"
         ) from None
     finally:
         bar.close()

@@ -1,0 +1,49 @@
+"""prdit plan: exact parameter counts, what sharding and checkpointing change, the largest batch that fits."""
+
+import json
+
+import pytest
+
+from prdit.cli import main
+from prdit.errors import ConfigError
+from prdit.plan import GIB, GPU_RESERVE_BYTES, largest_batch, parameter_counts, plan_memory
+
+
+def test_parameter_counts_are_the_models_own():
+    total, trainable, token_dim, units = parameter_counts("PRDiT-B/12/4", 128)
+    assert total == 93_228_992 and token_dim == 12**3  # the registry's reference count of the paper's model
+    assert 0 < trainable < total  # stage 2 trains with its local denoiser, time MLP and coarse head frozen
+    assert len(units) == 1 + 4 + 1 and sum(units) == total  # local denoiser, four blocks, the root
+    stage1_total, stage1_trainable, _, _ = parameter_counts("PRDiT-B/12/0", 128)
+    assert stage1_total == stage1_trainable == 39_156_160  # stage 1 trains everything
+
+
+def test_fsdp_shards_the_states_and_checkpointing_shrinks_the_activations():
+    ddp = plan_memory("PRDiT-L/12/8", 128, 1, gpus=8, parallel="ddp")
+    fsdp = plan_memory("PRDiT-L/12/8", 128, 1, gpus=8, parallel="fsdp")
+    assert fsdp.weights == pytest.approx(ddp.weights / 8) and fsdp.optimizer == pytest.approx(ddp.optimizer / 8)
+    assert fsdp.activations == ddp.activations and fsdp.total < ddp.total
+    kept = plan_memory("PRDiT-L/12/8", 128, 1, gpus=8, parallel="fsdp", checkpointing=True)
+    assert kept.activations < 0.5 * fsdp.activations
+    assert plan_memory("PRDiT-L/12/8", 128, 2).activations == pytest.approx(2 * plan_memory("PRDiT-L/12/8", 128, 1).activations)
+    assert plan_memory("PRDiT-L/12/8", 128, 1, precision="fp32").activations > fsdp.activations  # bf16 keeps less
+
+
+def test_the_largest_batch_fits_and_one_more_does_not():
+    memory = 40 * GIB
+    fits = largest_batch("PRDiT-B/12/4", 256, 4, "fsdp", False, "bf16", memory)
+    assert fits >= 1
+    assert plan_memory("PRDiT-B/12/4", 256, fits, 4, "fsdp").total + GPU_RESERVE_BYTES <= memory
+    assert plan_memory("PRDiT-B/12/4", 256, fits + 1, 4, "fsdp").total + GPU_RESERVE_BYTES > memory
+    assert largest_batch("PRDiT-B/12/4", 256, 4, "fsdp", False, "bf16", 1 * GIB) == 0
+
+
+def test_the_command_prints_every_mode_and_checks_its_input(capsys):
+    assert main(["plan", "--model", "PRDiT-XL/12/4", "--size", "256", "--batch", "2", "--gpus", "8", "--gpu-mem", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "32768 tokens" in out and all(mode in out for mode in ("DDP ", "DDP + checkpointing", "FSDP ", "FSDP + checkpointing"))
+    assert main(["plan", "--model", "PRDiT-B/12/4", "--size", "128", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["parallel"], r["checkpointing"]) for r in rows] == [("ddp", False), ("ddp", True), ("fsdp", False), ("fsdp", True)]
+    with pytest.raises(ConfigError):
+        plan_memory("PRDiT-B/12/4", 128, 0)

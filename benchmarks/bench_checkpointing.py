@@ -1,8 +1,9 @@
 """Activation checkpointing (``training.activation_checkpointing``) on CPU: a training step's peak memory and time.
 
-    python -m benchmarks.bench_checkpointing [--sizes 64 128] [--stages s1 s2] [--repeats 3]
+    python -m benchmarks.bench_checkpointing [--sizes 64 128] [--stages s1 s2] [--preset base] [--repeats 2]
 
-For PRDiT-B/12/4 stride 8 (the paper's base model; stage 1 is PRDiT-B/12/0), batch 1, fp32: the peak-RSS growth
+For a preset's model (``base``: PRDiT-B/12/4 stride 8, the paper's; ``small``: PRDiT-S/12/4; stage 1 is its depth-0
+model), batch 1, fp32: the peak-RSS growth
 of a training step (the trainer's model, EMA and fused AdamW, measured on the second step in a fresh process:
 ``benchmarks.common.training_step_memory``) and the step time (median of interleaved repeats after a warm-up
 step), with and without checkpointing. Stage 2 trains the global DiT on the frozen local denoiser, as in training. Writes

@@ -34,14 +34,17 @@ CONFIGS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--measured", default=None,
+                        help="a results file of this script: compare the current plan with its measurements (no re-measuring)")
     parser.add_argument("--out", default="benchmarks/results/plan_cpu.json")
     args = parser.parse_args()
+    earlier = {r["config"]: r["measured_mb"] * 2**20 for r in json.loads(Path(args.measured).read_text())["results"]} if args.measured else {}
     rows = []
-    for key in args.configs:
+    for key in (k for k in args.configs if not earlier or k in earlier):
         name, size, batch, precision, ckpt, stride = CONFIGS[key]
         plan = plan_memory(name, size, batch, 1, "ddp", ckpt, precision, stride)
         predicted = plan.step_growth + plan.weight_copies
-        measured = training_step_memory(*CONFIGS[key])
+        measured = earlier[key] if key in earlier else training_step_memory(*CONFIGS[key])
         row = {"config": key, "measured_mb": round(measured / 2**20), "predicted_mb": round(predicted / 2**20),
                "error": round(predicted / measured - 1, 3), "plan": {k: (round(v / 2**20, 1) if isinstance(v, float) else v)
                                                                      for k, v in plan.to_dict().items()}}

@@ -6,7 +6,8 @@
 
 The last term is the backward pass: it starts with every activation saved by the forward pass (and the loss's
 volumes) and no gradient, frees the activations block by block while the gradients appear, and ends with all
-gradients (sharded 1/N under FSDP) and no activation; the optimiser step then reads the gradients.
+gradients (sharded 1/N under FSDP) beside the first block's activations (recomputed, with checkpointing) and
+their gradients; the optimiser step then reads the gradients.
 
 Parameter counts are exact (the model is built on the meta device). Activations are the bytes the layers save for
 the backward pass per token (``DIT_BLOCK_BYTES`` etc. below, counted on real forward passes), and the whole is
@@ -16,7 +17,7 @@ allocator's slack (``GPU_RESERVE_BYTES``).
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -60,6 +61,7 @@ class MemoryPlan:
     communication: float  # DDP gradient buckets, or FSDP's gathered shard units
     weight_copies: float  # bf16 copies of the weights made by autocast
     activations: float
+    backward_tail: float  # what is alive with the last gradients: the first block's activations and gradients
 
     @property
     def states(self) -> float:
@@ -69,7 +71,7 @@ class MemoryPlan:
     @property
     def step_growth(self) -> float:
         """What a training step adds on top of :attr:`states` at its peak."""
-        return max(self.activations, self.gradients)
+        return max(self.activations, self.gradients + self.backward_tail)
 
     @property
     def total(self) -> float:
@@ -79,19 +81,37 @@ class MemoryPlan:
         return {**asdict(self), "total": self.total}
 
 
-def parameter_counts(model: str, size: int, stride: int | None = None) -> tuple[int, int, int, list[int]]:
-    """(all parameters, trainable ones, local-denoiser values per token D, FSDP unit sizes) of a model; stage 2
-    trains with its local denoiser frozen. Built on the meta device: exact and instant."""
+@dataclass(frozen=True)
+class Architecture:
+    """What the memory model needs of a model: parameter counts and the shapes that size its activations."""
+
+    parameters: int
+    trainable: int  # stage 2 trains with its local denoiser, time MLP and coarse head frozen
+    units: tuple[int, ...]  # FSDP shard units: local denoiser, each DiT block, the root
+    token_dim: int  # raw token values D = C P^3
+    hidden: int
+    depth: int
+    stride: int
+    out_values: int  # values each token writes: heads x channels x S^3
+    largest_weight: int  # the largest trained weight matrix: its gradient is computed beside the finished ones
+
+
+@functools.cache
+def architecture(model: str, size: int, stride: int | None = None) -> Architecture:
+    """The :class:`Architecture` of a registry model, built on the meta device: exact and instant."""
     with torch.device("meta"):
         network = create_model(model, input_size=size, stride=stride)
     total = sum(p.numel() for p in network.parameters())
     frozen = sum(p.numel() for name in network.local_module_names for p in getattr(network, name).parameters())
-    trainable = total - frozen if network.depth else total
     units = [sum(p.numel() for p in network.local_denoiser.parameters())]
     if network.depth:
         units += [sum(p.numel() for p in block.parameters()) for block in network.dit.blocks]
-    units.append(total - sum(units))  # the root: time MLP, heads, patch embedding, final layer
-    return total, trainable, network.token_dim, units
+    units.append(total - sum(units))
+    local = {id(p) for name in network.local_module_names for p in getattr(network, name).parameters()} if network.depth else set()
+    largest = max(p.numel() for p in network.parameters() if p.dim() > 1 and id(p) not in local)
+    return Architecture(total, total - frozen if network.depth else total, tuple(units), network.token_dim,
+                        network.hidden_size, network.depth, network.stride,
+                        network.out_channels * network.in_channels * network.stride**3, largest)
 
 
 def plan_memory(model: str, size: int, batch: int, gpus: int = 1, parallel: str = "ddp", checkpointing: bool = False,
@@ -101,11 +121,10 @@ def plan_memory(model: str, size: int, batch: int, gpus: int = 1, parallel: str 
         raise ConfigError(f"parallel {parallel!r} / precision {precision!r}: use ddp or fsdp, and fp32 or bf16")
     if batch < 1 or gpus < 1:
         raise ConfigError(f"batch {batch} and gpus {gpus} must be at least 1")
-    total, trainable, token_dim, units = parameter_counts(model, size, stride)
-    with torch.device("meta"):
-        network = create_model(model, input_size=size, stride=stride)
-    tokens = (size // network.stride) ** 3
-    hidden, depth, out_values = network.hidden_size, network.depth, network.out_channels * network.in_channels * network.stride**3
+    arch = architecture(model, size, stride)
+    total, trainable, token_dim, units = arch.parameters, arch.trainable, arch.token_dim, arch.units
+    tokens = (size // arch.stride) ** 3
+    hidden, depth, out_values = arch.hidden, arch.depth, arch.out_values
     bf16 = precision == "bf16"
     shards = gpus if parallel == "fsdp" else 1
 
@@ -122,14 +141,16 @@ def plan_memory(model: str, size: int, batch: int, gpus: int = 1, parallel: str 
     if depth:
         kept = 4 * hidden if checkpointing else block  # checkpointed: only each block's input
         recomputed = block if checkpointing else 0.0  # one block rebuilt at a time in the backward pass
-        rest = 4 * PATCH_FINAL_VALUES * (0.6 if bf16 else 1.0) + 4 * BACKWARD_VALUES
-        per_token += depth * kept + recomputed + hidden * rest
+        rest = hidden * (4 * PATCH_FINAL_VALUES * (0.6 if bf16 else 1.0) + 4 * BACKWARD_VALUES)
+        per_token += depth * kept + recomputed + rest
+        tail = batch * tokens * (block + rest) + 4 * arch.largest_weight
     else:  # stage 1: the local denoiser trains (stage 2 runs it frozen, under no_grad, and keeps nothing)
         # checkpointing recomputes its two MLPs as one region over all tokens: the peak barely moves
         per_token += 4 * LOCAL_DENOISER_VALUES[precision] * token_dim
+        tail = 4 * arch.largest_weight  # the last weight gradient, computed beside the finished ones
     activations = batch * (tokens * per_token + 4 * VOLUME_VALUES * size**3)
     return MemoryPlan(model, size, batch, gpus, parallel, checkpointing, precision, tokens, total, trainable, weights,
-                      ema, gradients, optimizer, communication, weight_copies, activations)
+                      ema, gradients, optimizer, communication, weight_copies, activations, tail)
 
 
 def largest_batch(model: str, size: int, gpus: int, parallel: str, checkpointing: bool, precision: str,
@@ -139,4 +160,7 @@ def largest_batch(model: str, size: int, gpus: int, parallel: str, checkpointing
     room = memory_bytes - GPU_RESERVE_BYTES - one.states
     if room < one.step_growth:
         return 0
-    return max(1, math.floor(room / one.activations))  # activations grow with the batch, gradients do not
+    batch = 1  # the step's growth is linear in the batch but for the gradients: search upwards
+    while plan_memory(model, size, batch + 1, gpus, parallel, checkpointing, precision, stride).step_growth <= room:
+        batch += 1
+    return batch

@@ -6,16 +6,15 @@ import pytest
 
 from prdit.cli import main
 from prdit.errors import ConfigError
-from prdit.plan import GIB, GPU_RESERVE_BYTES, largest_batch, parameter_counts, plan_memory
+from prdit.plan import GIB, GPU_RESERVE_BYTES, architecture, largest_batch, plan_memory
 
 
 def test_parameter_counts_are_the_models_own():
-    total, trainable, token_dim, units = parameter_counts("PRDiT-B/12/4", 128)
-    assert total == 93_228_992 and token_dim == 12**3  # the registry's reference count of the paper's model
-    assert 0 < trainable < total  # stage 2 trains with its local denoiser, time MLP and coarse head frozen
-    assert len(units) == 1 + 4 + 1 and sum(units) == total  # local denoiser, four blocks, the root
-    stage1_total, stage1_trainable, _, _ = parameter_counts("PRDiT-B/12/0", 128)
-    assert stage1_total == stage1_trainable == 39_156_160  # stage 1 trains everything
+    stage2, stage1 = architecture("PRDiT-B/12/4", 128), architecture("PRDiT-B/12/0", 128)
+    assert stage2.parameters == 93_228_992 and stage2.token_dim == 12**3  # the registry's count of the paper's model
+    assert stage1.parameters == stage1.trainable == 39_156_160  # stage 1 trains everything
+    assert stage2.trainable == stage2.parameters - stage1.parameters  # stage 2 freezes exactly the stage-1 model
+    assert len(stage2.units) == 1 + 4 + 1 and sum(stage2.units) == stage2.parameters  # local denoiser, 4 blocks, root
 
 
 def test_fsdp_shards_the_states_and_checkpointing_shrinks_the_activations():

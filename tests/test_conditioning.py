@@ -11,6 +11,8 @@ from scipy.ndimage import gaussian_filter
 from prdit.cli import main
 from prdit.conditioning import build_condition, parse_attributes
 from prdit.config import config_from_dict
+from prdit.data.conditions import PHANTOM_LABELS
+from prdit.data.phantom import generate_phantom, phantom_label_map
 from prdit.errors import ConfigError, DataError, PrditError
 from prdit.io import save_nifti
 from prdit.sample import load_pipeline, pretrained_weights, sample_to_folder
@@ -131,10 +133,17 @@ def test_unknown_condition_names_in_a_config_are_errors(labelled_blobs, tmp_path
         train(config, TrainOptions(progress=False))
 
 
-def test_the_shipped_conditional_model_is_found_by_name():
+def test_the_shipped_conditional_model_is_found_by_name_and_checks_its_masks():
     assert pretrained_weights("phantom").name == "phantom-32.safetensors"
     with pytest.raises(PrditError, match="unknown pretrained model"):
         pretrained_weights("phantom-xl")
+    shipped = load_pipeline(pretrained_weights("phantom-mask"), device="cpu")
+    assert shipped.condition_spec["labels"] == PHANTOM_LABELS and shipped.model.label_channels == len(PHANTOM_LABELS)
+    assert shipped.condition_spec["attributes"] == ["body_diameter_mm", "mean_lung_hu"]
+    _, _, tissues = generate_phantom(64, 50000, return_labels=True)
+    with pytest.raises(PrditError, match=r"mask is \(64, 64, 64\) voxels, PRDiT-T/6/4 generates \(32, 32, 32\)"):
+        shipped.condition(phantom_label_map(tissues))
+    assert shipped.condition(phantom_label_map(generate_phantom(32, 50000, return_labels=True)[2])) is not None
 
 
 def test_restore_combines_a_label_map_with_a_measurement(pipeline, labelled_blobs):

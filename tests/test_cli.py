@@ -48,7 +48,7 @@ def test_gpu_id_is_an_alias_of_device():
 
 def test_top_level_help_lists_only_working_commands():
     listed = set(build_parser()._subparsers._group_actions[0].choices)
-    assert listed == {"demo", "train", "sample", "export", "convert", "preview", "config", "data", "evaluate", "report", "restore"}
+    assert listed == {"demo", "train", "sample", "export", "convert", "preview", "config", "data", "evaluate", "report", "restore", "plan"}
 
 
 def test_errors_are_one_line_with_status_2(tmp_path, capsys):

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"prdit.config"},
     {"prdit.data", "prdit.runs"},
     {"prdit.checkpoint", "prdit.evaluation", "prdit.inverse", "prdit.conditioning"},
-    {"prdit.train", "prdit.sample", "prdit.modelcard"},
+    {"prdit.train", "prdit.sample", "prdit.modelcard", "prdit.plan"},
     {"prdit.report", "prdit.bundle"},
     {"prdit.demo"},
     {"prdit.cli"},

@@ -32,9 +32,9 @@ import torch
 from prdit.data.conditions import PHANTOM_LABELS, effective_diameter_mm
 from prdit.data.phantom import generate_phantom, phantom_label_map
 from prdit.evaluation.anatomy import body_and_lung_masks
+from prdit.evaluation.data import FEATURE_INPUT
 from prdit.evaluation.metrics import ms_ssim_diversity
 from prdit.evaluation.offline import offline_metrics
-from prdit.hu import EVALUATION_WINDOW_HU
 from prdit.io import atomic_write_text
 from prdit.sample import load_pipeline, pretrained_weights
 
@@ -73,12 +73,6 @@ def realism(real: np.ndarray, fake: np.ndarray) -> dict:
     fractions = metrics["tissue_fractions"]
     return {"hu_w1": metrics["hu_histogram"]["wasserstein_hu"],
             "tissue_fractions": {name: {"fake": v["fake_mean"], "real": v["real_mean"]} for name, v in fractions.items()}}
-
-
-def unit(volumes: np.ndarray) -> np.ndarray:
-    """HU -> [-1, 1] through the evaluation window (MS-SSIM's input)."""
-    low, high = EVALUATION_WINDOW_HU
-    return np.clip(2 * (volumes - low) / (high - low) - 1, -1, 1)
 
 
 def draw(pipeline, count: int, seed: int, steps: int, **condition) -> np.ndarray:
@@ -178,9 +172,9 @@ def attribute_results(args, pipeline, masks: np.ndarray, real: np.ndarray, uncon
     diversity = []
     for i in range(min(2, args.masks)):
         samples = draw(pipeline, args.diversity_samples, 100 + 10 * i, args.steps, mask=masks[i], guidance_scale=default_w)
-        diversity.append(ms_ssim_diversity(unit(samples))["mean"])
-    result["diversity_ms_ssim"] = {"same_mask": float(np.mean(diversity)), "unconditional": ms_ssim_diversity(unit(uncond))["mean"],
-                                   "real": ms_ssim_diversity(unit(real))["mean"]}
+        diversity.append(ms_ssim_diversity(FEATURE_INPUT.to_model(samples))["mean"])
+    result["diversity_ms_ssim"] = {"same_mask": float(np.mean(diversity)), "unconditional": ms_ssim_diversity(FEATURE_INPUT.to_model(uncond))["mean"],
+                                   "real": ms_ssim_diversity(FEATURE_INPUT.to_model(real))["mean"]}
 
     requested, measured = [], []
     for j, diameter in enumerate(args.sweep):

@@ -24,16 +24,17 @@ _LAZY = {
     "list_models": "prdit.models",
     "create_diffusion": "prdit.diffusion",
     "load_config": "prdit.config",
-    "train": "prdit.train.trainer",
     "generate_phantom": "prdit.data.phantom",
     "load_volume": "prdit.io",
     "save_nifti": "prdit.io",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "train", *_LAZY]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name == "train":  # the callable subpackage: prdit.train(config, options) trains (prdit/train/__init__.py)
+        return import_module("prdit.train")
     raise AttributeError(f"module 'prdit' has no attribute {name!r}")

@@ -74,9 +74,9 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds / 60):.0f} min"
 
 
-def demo_configs(out_dir: Path, plan: DemoPlan | None, device: str) -> tuple[Config, Config]:
+def demo_configs(out_dir: Path, plan: DemoPlan | None, device: str, precision: str = "auto") -> tuple[Config, Config]:
     """The phantom configs, shortened by ``plan`` (None: the full recipe), writing runs under ``out_dir/runs``."""
-    common = [f"output.results_dir={out_dir / 'runs'}", f"training.device={device}"]
+    common = [f"output.results_dir={out_dir / 'runs'}", f"training.device={device}", f"training.precision={precision}"]
     if plan is not None and plan.phantoms != PLANS["default"].phantoms:
         common += [f"data.phantom.num={plan.phantoms}", f"data.root=data/phantom-32-n{plan.phantoms}"]
     stage1 = load_config(CONFIG_DIR / "local.yaml", common + ([f"training.total_steps={plan.stage1_steps}"] if plan else []))
@@ -139,9 +139,10 @@ def time_training_steps(config: Config, seconds: float, device: str = "cpu", min
 
 def run_demo(
     out_dir: str | Path = "results/demo", quick: bool = False, train_full: bool = False, device: str = "auto",
-    progress: bool = True, overwrite: bool = False,
+    progress: bool = True, overwrite: bool = False, precision: str = "auto",
 ) -> Path:
-    """Run the whole demo; returns the path of ``index.md``."""
+    """Run the whole demo; returns the path of ``index.md``. ``precision`` (auto, bf16, fp32) is used for training
+    and sampling alike (:func:`prdit.runtime.resolve_precision`)."""
     from prdit.data.sources import resolve_splits
     from prdit.evaluation import evaluate_floor, evaluate_sets
     from prdit.preview import save_montage
@@ -153,7 +154,7 @@ def run_demo(
         raise PrditError(f"{out_dir} already holds a demo (index.md); pass --overwrite or choose another --out")
     ensure_writable(out_dir)
     plan = PLANS["quick" if quick else "default"]
-    stage1_config, stage2_config = demo_configs(out_dir, None if train_full else plan, device)
+    stage1_config, stage2_config = demo_configs(out_dir, None if train_full else plan, device, precision)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     steps = (stage1_config.training.total_steps, stage2_config.training.total_steps)
@@ -195,7 +196,7 @@ def run_demo(
     floor = timed("metrics real vs real", evaluate_floor, [v.array for v in real], spacing=spacing)
     metrics = {}
     for folder, (weights, count) in sample_sets.items():
-        pipeline = load_pipeline(weights, device=None if device == "auto" else device)
+        pipeline = load_pipeline(weights, device=None if device == "auto" else device, precision=precision)
         timed(f"sampling {folder}", sample_to_folder, pipeline, out_dir / folder, count,
                       batch_size=count, overwrite=overwrite, progress=progress)
         fake = [load_volume(p).array for p in sorted((out_dir / folder).glob("sample_*[0-9].nii.gz"))]

@@ -70,3 +70,13 @@ def test_calibration_sees_the_bigger_model(tmp_path, one_thread):
     """Stage 2 (2 global DiT blocks on the frozen local denoiser) trains slower than stage 1, as in the real runs."""
     stage1, stage2 = demo_configs(tmp_path, PLANS["quick"], "cpu")
     assert time_training_steps(stage1, seconds=0.3) > 1.3 * time_training_steps(stage2, seconds=0.3)
+
+
+def test_demo_precision_reaches_both_stages(tmp_path):
+    """``prdit demo --precision fp32`` (benchmarks/bench_demo.py's baseline) trains both stages at fp32; auto by default."""
+    from prdit.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--precision", "fp32"])
+    assert args.precision == "fp32"
+    assert all(c.training.precision == "auto" for c in demo_configs(tmp_path, PLANS["quick"], "cpu"))
+    assert all(c.training.precision == "fp32" for c in demo_configs(tmp_path, PLANS["quick"], "cpu", args.precision))

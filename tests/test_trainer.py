@@ -226,3 +226,19 @@ def test_stage2_refuses_stage1_weights_trained_on_another_hu_window(blob_data, t
     with pytest.raises(ConfigError, match=r"trained on HU window \[-1000, 2000\].*maps HU window \[-1000, 1000\].*data.hu_window"):
         train(config, quiet())
     assert load_checkpoint(train(config, quiet(allow_config_change=True)))["meta"]["intensity"]["window"] == [-1000.0, 1000.0]
+
+
+def test_top_level_train_calls_the_trainer_once_its_submodules_are_imported(monkeypatch):
+    """Importing prdit.train.trainer binds ``prdit.train`` to the subpackage: calling it still trains."""
+    import prdit
+    import prdit.train.trainer as trainer
+
+    calls = []
+    monkeypatch.setattr(trainer, "train", lambda *args, **kwargs: calls.append((args, kwargs)) or Path("run"))
+    assert prdit.train("config", options=None) == Path("run") and calls == [(("config",), {"options": None})]
+
+
+def test_top_level_train_is_one_object_before_and_after_the_submodule_imports():
+    code = ("import prdit; first = prdit.train; import prdit.train.trainer; "
+            "assert prdit.train is first and callable(first), (first, prdit.train)")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})

@@ -22,6 +22,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-full", dest="train_full", action="store_true",
                         help="train the full phantom recipe (configs/phantom; hours on CPU) and sample from it instead of the shipped model")
     add_device_argument(parser)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="training and sampling precision: auto is bf16 autocast on CUDA and on CPUs with native bf16 "
+                             "(AMX or AVX-512 bf16), fp32 elsewhere (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     parser.set_defaults(func=_run_demo)
@@ -33,4 +36,4 @@ def _run_demo(args: argparse.Namespace) -> None:
 
     print(f"[demo] {configure_cpu_threads()}", flush=True)
     run_demo(args.out, quick=args.quick, train_full=args.train_full, device=args.device, progress=args.progress,
-             overwrite=args.overwrite)
+             overwrite=args.overwrite, precision=args.precision)

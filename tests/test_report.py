@@ -10,11 +10,12 @@ import pytest
 from prdit.cli import main
 from prdit.errors import PrditError
 from prdit.evaluation.descriptions import METRICS
-from prdit.io import load_volume, sha256_file
+from prdit.io import load_volume, save_nifti, sha256_file
 from prdit.report import collect, write_report
 from prdit.report.content import downsample
 from prdit.report.curves import curves_svg
 from prdit.report.html import _script_json, render, volume_payload
+from tests.report_factory import conditional_samples, cube_mask
 
 
 def test_downsample_averages_whole_blocks_and_scales_the_spacing():
@@ -134,3 +135,131 @@ def test_real_volumes_of_another_size_are_shown_without_metrics(tiny_run, tmp_pa
     page = write_report(tiny_run["samples"], tmp_path / "r.html", real=tmp_path / "real48").read_text()
     assert page.count('class="viewer ') == 2 and "No metrics: " in page and "(48, 48, 48)" in page
     assert '<table class="metrics">' not in page
+
+
+# --- label maps as contours -------------------------------------------------------------------------------------
+
+
+def _ring(square: np.ndarray) -> np.ndarray:
+    """The pixels of a 2D boolean image with a 4-neighbour outside it (the image border counts as inside)."""
+    padded = np.pad(square, 1, mode="edge")
+    inner = padded[1:-1, 1:-1] & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return square & ~inner
+
+
+def test_contour_of_a_cube_is_exactly_its_outline_in_every_plane():
+    from prdit.report.labels import FACE_BITS, PLANE_AXES, contour_faces, on_contour
+
+    mask = cube_mask(12, (3, 9))
+    edges = contour_faces(mask)
+    inside = np.arange(12)
+    inside = (inside >= 3) & (inside < 9)
+    for plane, (a, b) in PLANE_AXES.items():
+        contour = on_contour(edges, plane)
+        depth_axis = 3 - a - b
+        for index in range(12):
+            got = np.take(contour, index, axis=depth_axis)
+            expected = np.zeros((12, 12), dtype=bool)
+            if inside[index]:
+                expected[3:9, 3:9] = True
+                expected[4:8, 4:8] = False  # a one-voxel outline of the 6 x 6 square
+            np.testing.assert_array_equal(got, expected, err_msg=f"{plane} {index}")
+    # the faces: exactly the cube's six sides, each voxel marking the side its outside neighbour lies on
+    for axis in range(3):
+        for side, layer in ((-1, 3), (1, 8)):
+            marked = (edges & FACE_BITS[(axis, side)]) != 0
+            expected = (mask == 1) & (np.indices(mask.shape)[axis] == layer)
+            np.testing.assert_array_equal(marked, expected)
+
+
+def test_contours_of_touching_labels_and_at_the_volume_border():
+    from prdit.report.labels import contour_faces, on_contour
+
+    mask = cube_mask(10, (0, 10), (3, 7))  # label 1 fills the volume, label 2 a cube inside it
+    contour = on_contour(contour_faces(mask), "axial")
+    for z in range(10):
+        label2 = np.zeros((10, 10), dtype=bool)
+        if 3 <= z < 7:
+            label2[3:7, 3:7] = True
+        expected_2 = _ring(label2)
+        # label 1 is outlined where it touches label 2 in the slice, and never along the volume's border
+        expected_1 = np.zeros((10, 10), dtype=bool)
+        if label2.any():
+            grown = np.zeros((10, 10), dtype=bool)
+            grown[2:8, 2:8] = True
+            grown[[2, 2, 7, 7], [2, 7, 2, 7]] = False  # 4-neighbours only: the corners do not touch
+            expected_1 = grown & ~label2
+        np.testing.assert_array_equal(contour[z] & (mask[z] == 2), expected_2)
+        np.testing.assert_array_equal(contour[z] & (mask[z] == 1), expected_1)
+
+
+def test_report_draws_the_condition_mask_the_sidecars_record(tmp_path):
+    mask = cube_mask(16, (3, 13), (6, 10))
+    samples, mask_path = conditional_samples(tmp_path, mask, {"body": 1, "heart": 2})
+    content = collect(samples)
+    overlays = [v.overlay for v in content.sets[0].volumes]
+    assert all(o is not None and o.source == str(mask_path) for o in overlays)
+    payload = volume_payload(content.sets)
+    assert len(payload["masks"]) == 1 and [v["mask"] for v in payload["volumes"]] == [0, 0]  # one copy for both
+    entry = payload["masks"][0]
+    np.testing.assert_array_equal(np.frombuffer(base64.b64decode(entry["labels"]), np.uint8).reshape(16, 16, 16), mask)
+    assert entry["names"] == {"body": 1, "heart": 2} and set(entry["colours"]) == {"body", "heart"}
+    page = write_report(samples, tmp_path / "r.html").read_text()
+    assert 'id="show-contours"' in page and 'class="legend"' in page and not content.notes
+
+
+def test_a_changed_or_missing_condition_mask_is_a_warning_in_the_page(tmp_path):
+    samples, mask_path = conditional_samples(tmp_path, cube_mask(16, (3, 13)), {"body": 1})
+    save_nifti(mask_path, cube_mask(16, (4, 12)), (2.0, 1.5, 1.5), dtype=np.uint8, overwrite=True)
+    with pytest.warns(UserWarning, match="has changed since sampling"):
+        content = collect(samples)
+    assert content.sets[0].volumes[0].overlay is not None  # still drawn, with the warning beside it
+    assert any("changed since sampling" in n for n in content.notes)
+    save_nifti(mask_path, cube_mask(8, (2, 6)), (2.0, 1.5, 1.5), dtype=np.uint8, overwrite=True)  # now another grid
+    with pytest.warns(UserWarning):
+        content = collect(samples)
+    assert content.sets[0].volumes[0].overlay is None
+    assert any("no contours" in n and "(8, 8, 8)" in n for n in content.notes)
+    page = render(content)
+    assert "no contours" in page and 'id="show-contours"' not in page
+    mask_path.unlink()
+    content = collect(samples)
+    assert any("is not found here; pass --labels" in n for n in content.notes)
+
+
+def test_labels_option_file_and_folder_and_another_grid_is_an_error(tmp_path):
+    samples, mask_path = conditional_samples(tmp_path, cube_mask(16, (3, 13)), {"body": 1})
+    other = save_nifti(tmp_path / "other.nii.gz", cube_mask(16, (5, 11), (7, 9)), (2.0, 1.5, 1.5), dtype=np.uint8)
+    content = collect(samples, labels=other)  # one file: over every sample, instead of the recorded mask
+    assert {v.overlay.source for v in content.sets[0].volumes} == {str(other)}
+    assert content.sets[0].volumes[0].overlay.names == {"body": 1, "lung": 2}  # no labels.json: prdit's values
+    # a folder: matched by name, for real volumes too (a prdit data folder: DIR/labels/NAME)
+    real = tmp_path / "real"
+    save_nifti(real / "ct_a.nii.gz", np.full((16, 16, 16), -500.0), (2.0, 1.5, 1.5), dtype=np.int16)
+    save_nifti(real / "labels" / "ct_a.nii.gz", cube_mask(16, (2, 14)), (2.0, 1.5, 1.5), dtype=np.uint8)
+    content = collect(samples, real=real, labels=real)
+    assert content.sets[1].volumes[0].overlay.source == str(real / "labels" / "ct_a.nii.gz")
+    assert content.sets[0].volumes[0].overlay.source == str(mask_path)  # no file of its name: the recorded mask
+    wrong = save_nifti(tmp_path / "wrong.nii.gz", cube_mask(16, (3, 13)), (1.0, 1.5, 1.5), dtype=np.uint8)
+    with pytest.raises(PrditError, match=r"wrong.nii.gz: label map is \(16, 16, 16\) voxels at 1×1.5×1.5 mm but sample_000000.nii.gz") as error:
+        collect(samples, labels=wrong)
+    assert "\n" not in str(error.value)
+    with pytest.raises(PrditError, match="no such file or folder"):
+        collect(samples, labels=tmp_path / "nothing")
+
+
+def test_label_map_is_reduced_with_its_volume(tmp_path):
+    mask = cube_mask(16, (3, 13), (6, 10))
+    samples, _ = conditional_samples(tmp_path, mask, {"body": 1, "fat": 2})
+    volume = collect(samples, max_side=8).sets[0].volumes[0]
+    assert volume.array.shape == volume.overlay.labels.shape == (8, 8, 8)
+    np.testing.assert_array_equal(volume.overlay.labels, mask[1::2, 1::2, 1::2])  # each 2^3 block's centre voxel
+
+
+def test_cli_report_labels(tmp_path, capsys):
+    samples, mask_path = conditional_samples(tmp_path, cube_mask(16, (3, 13)), {"body": 1})
+    main(["report", str(samples), "--labels", str(mask_path), "--out", str(tmp_path / "r.html")])
+    assert "label contours" in (tmp_path / "r.html").read_text()
+    save_nifti(mask_path, cube_mask(16, (4, 12)), (2.0, 1.5, 1.5), dtype=np.uint8, overwrite=True)
+    main(["report", str(samples), "--out", str(tmp_path / "r2.html")])
+    assert "[report] warning: sample_000000.nii.gz:" in capsys.readouterr().out

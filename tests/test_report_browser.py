@@ -1,5 +1,5 @@
 """The HTML report in a real browser: headless Chromium driven by Selenium loads a report of a tiny run, and a
-slider, the keyboard, the window presets and the HU readout are used as a person would.
+slider, the keyboard, the window presets, the HU readout and the label contours are used as a person would.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them) and ``selenium`` (the ``dev``
 extra); without them the test is skipped and says which one is missing.
@@ -15,6 +15,7 @@ import pytest
 
 from prdit.io import load_volume
 from prdit.report import write_report
+from tests.report_factory import conditional_samples, cube_mask
 
 WINDOW = (1400, 1000)
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -120,3 +121,82 @@ def test_report_in_a_real_browser(browser, tiny_run, tmp_path):
     assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     keep = Path(tempfile.gettempdir()) / "prdit-report-browser-test.png"  # for a person to look at
     shutil.copyfile(shot, keep)
+
+
+def test_label_contours_legend_and_toggle_in_a_real_browser(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from prdit.report.labels import FACE_BITS, contour_faces
+
+    mask = cube_mask(16, (2, 14), (4, 9))  # the inner cube off-centre: a flipped plane would show
+    samples, _ = conditional_samples(tmp_path, mask, {"body": 1, "heart": 2})
+    report = write_report(samples, tmp_path / "report.html")
+    browser.get(report.resolve().as_uri())
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+    viewer = browser.find_element(By.CSS_SELECTOR, ".viewer")
+    legend = viewer.find_element(By.CLASS_NAME, "legend")
+    assert legend.is_displayed()
+    assert [i.get_attribute("data-label") for i in legend.find_elements(By.CLASS_NAME, "legend-item")] == ["body", "heart"]
+    assert "body (1)" in legend.text and "heart (2)" in legend.text and "m.nii.gz" in legend.text
+
+    # in every plane, each cell's painted sides are exactly the faces its voxel shares with another label
+    edges = contour_faces(mask)
+
+    def sides(faces, top, bottom, left, right):
+        bits = [(faces & FACE_BITS[face]) != 0 for face in (top, bottom, left, right)]
+        return sum(bit.astype(int) << i for i, bit in enumerate(bits))
+
+    expected_at = {  # display rows and columns of the slice through voxel 8 (coronal, sagittal: superior at the top)
+        "axial": lambda z: sides(edges[z], (1, -1), (1, 1), (2, -1), (2, 1)),
+        "coronal": lambda y: sides(edges[::-1, y, :], (0, 1), (0, -1), (2, -1), (2, 1)),
+        "sagittal": lambda x: sides(edges[::-1, :, x], (0, 1), (0, -1), (1, -1), (1, 1)),
+    }
+    for plane, expected in expected_at.items():
+        layer = viewer.find_element(By.CSS_SELECTOR, f'.pane[data-plane="{plane}"] canvas.contours')
+        assert layer.is_displayed()
+        painted = np.array(browser.execute_script(PAINTED_SIDES, layer, 16, 16))
+        assert painted.any()
+        np.testing.assert_array_equal(painted, expected(8), err_msg=plane)
+
+    # the slider moves the contours with the slice: z = 3 is outside the inner cube
+    axial = viewer.find_element(By.CSS_SELECTOR, '.pane[data-plane="axial"]')
+    layer = axial.find_element(By.CSS_SELECTOR, "canvas.contours")
+    slider = axial.find_element(By.TAG_NAME, "input")
+    slider.send_keys(*[Keys.ARROW_LEFT] * 5)
+    assert axial.find_element(By.CLASS_NAME, "position").text.startswith("z = 3 ")
+    np.testing.assert_array_equal(np.array(browser.execute_script(PAINTED_SIDES, layer, 16, 16)), expected_at["axial"](3))
+
+    # the checkbox and the C key hide and show contours and legend
+    image = axial.find_element(By.TAG_NAME, "canvas")
+    before = canvas_pixels(browser, image)
+    browser.find_element(By.ID, "show-contours").click()
+    assert not layer.is_displayed() and not legend.is_displayed()
+    assert canvas_pixels(browser, image) == before  # the CT slice itself is untouched
+    browser.find_element(By.TAG_NAME, "body").send_keys("c")
+    assert layer.is_displayed() and legend.is_displayed() and browser.find_element(By.ID, "show-contours").is_selected()
+    np.testing.assert_array_equal(np.array(browser.execute_script(PAINTED_SIDES, layer, 16, 16)), expected_at["axial"](3))
+    assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+
+
+# For a rows x cols grid over a canvas, which sides of each cell are painted (bits: top 1, bottom 2, left 4, right 8),
+# read two pixels inside the cell from each side's middle (away from the anti-aliased rims of neighbouring cells).
+PAINTED_SIDES = """
+const [canvas, rows, cols] = arguments;
+const alpha = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+const at = (x, y) => alpha[(Math.floor(y) * canvas.width + Math.floor(x)) * 4 + 3] > 128;
+const sx = canvas.width / cols, sy = canvas.height / rows, cells = [];
+for (let r = 0; r < rows; r++) {
+  const row = [];
+  for (let c = 0; c < cols; c++) {
+    const x0 = c * sx, y0 = r * sy, xm = x0 + sx / 2, ym = y0 + sy / 2;
+    row.push(at(xm, y0 + 1.5) | (at(xm, y0 + sy - 1.5) << 1) | (at(x0 + 1.5, ym) << 2) | (at(x0 + sx - 1.5, ym) << 3)
+             | (at(xm, ym) << 4));  // a painted centre (bit 16) is never expected
+  }
+  cells.push(row);
+}
+return cells;
+"""

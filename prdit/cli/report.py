@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 from prdit.errors import PrditError
@@ -22,6 +23,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("source", help="run folder, sample folder (sample_*.nii.gz) or demo folder")
     parser.add_argument("--real", default=None, help="folder or list file of real volumes to show beside the samples and compare with")
     parser.add_argument("--out", default=None, help="HTML file to write (default SOURCE/report.html)")
+    parser.add_argument("--labels", default=None,
+                        help="label map NIfTI drawn as contours over every sampled volume, or a folder of label maps "
+                             "matched by volume name (NAME.nii.gz or labels/NAME.nii.gz, as prdit data writes them) for "
+                             "sampled and --real volumes; without it, the condition mask each sample's sidecar records")
     parser.add_argument("--no-metrics", dest="metrics", action="store_false", help="with --real: show the volumes only, compute no metrics")
     parser.add_argument("--max-volumes", dest="max_volumes", type=int, default=6, help="volumes embedded per set (default 6)")
     parser.add_argument("--max-side", dest="max_side", type=int, default=64,
@@ -40,6 +45,10 @@ def _run_report(args: argparse.Namespace) -> None:
     if args.real and args.metrics and not (Path(args.source) / "metrics.json").is_file():
         print(f"[report] evaluating the samples against {args.real} and the real-vs-real floor "
               "(features, MS-SSIM, HU statistics; --no-metrics skips this) ...", flush=True)
-    report = write_report(args.source, out, real=args.real, metrics=args.metrics, max_volumes=args.max_volumes,
-                          max_side=args.max_side, title=args.title, overwrite=args.overwrite)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. a condition mask changed since sampling: in the page too
+        warnings.simplefilter("always", UserWarning)
+        report = write_report(args.source, out, real=args.real, metrics=args.metrics, max_volumes=args.max_volumes,
+                              max_side=args.max_side, title=args.title, overwrite=args.overwrite, labels=args.labels)
+    for warning in caught:
+        print(f"[report] warning: {warning.message}", flush=True)
     print(f"wrote {report} ({report.stat().st_size / 1e6:.1f} MB): open it in a browser")

@@ -1,13 +1,14 @@
 """The run report: one self-contained HTML page to look at a run rather than read it.
 
 Three-plane slice viewers (sliders, arrow keys, lung / mediastinal / bone windows, HU under the cursor) for the
-generated volumes and, with ``real``, real ones beside them; the metrics table in words with the real-vs-real
+generated volumes and, with ``real``, real ones beside them, label maps as contours over the slices; the metrics table in words with the real-vs-real
 floor; training curves; the config and checkpoint SHA256. No network, no CDN: CSS, JS, volumes (base64 int16) and
 plots (SVG) are inside the file.
 
 >>> from prdit.report import write_report
 >>> write_report("results/demo", "results/demo/report.html")                          # doctest: +SKIP
 >>> write_report("samples/", "report.html", real="data/phantom/val.txt")              # doctest: +SKIP
+>>> write_report("samples/", "report.html", labels="data/masks/labels/phantom_50000.nii.gz")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -36,17 +37,19 @@ def write_html(content: ReportContent, out: str | os.PathLike, overwrite: bool =
 def write_report(
     source: str | os.PathLike, out: str | os.PathLike, real: str | os.PathLike | list[Path] | None = None, metrics: bool = True,
     max_volumes: int = 6, max_side: int = 64, title: str | None = None, overwrite: bool = False,
+    labels: str | os.PathLike | None = None,
 ) -> Path:
     """Write the report of a run, sample or demo folder to ``out``; returns its path.
 
     With ``real`` (a folder, a list file or a list of paths of real volumes) the real volumes are shown beside the
     generated ones and, when ``source`` has no ``metrics.json`` and ``metrics`` is true, every generated set is
     evaluated against them (with the real-vs-real floor). At most ``max_volumes`` volumes per set are embedded, each block-averaged to at
-    most ``max_side`` voxels per side.
+    most ``max_side`` voxels per side. Label maps are drawn as contours: the condition mask each sample's sidecar
+    records (its SHA256 checked; a changed file is a warning), or ``labels`` (see :func:`collect`).
     """
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
-    content = collect(source, real, max_volumes=max_volumes, max_side=max_side, title=title)
+    content = collect(source, real, max_volumes=max_volumes, max_side=max_side, title=title, labels=labels)
     if real is not None and metrics and not content.metrics:
         from prdit.evaluation import evaluate_floor, evaluate_sets
 

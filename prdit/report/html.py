@@ -24,6 +24,7 @@ from prdit.evaluation.descriptions import (
 from prdit.preview import WINDOWS
 from prdit.report.content import ReportContent, Run, VolumeSet
 from prdit.report.curves import curves_svg
+from prdit.report.labels import FACE_BITS
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -37,14 +38,29 @@ def _script_json(value) -> str:
     return json.dumps(value, separators=(",", ":")).replace("<", "\\u003c")
 
 
+def _base64(array) -> str:
+    return base64.b64encode(array.tobytes()).decode("ascii")
+
+
 def volume_payload(sets: list[VolumeSet]) -> dict:
+    """The viewer's data; a label map several volumes share (the same file) is embedded once."""
+    masks: dict[tuple[str, tuple[int, ...]], int] = {}  # (SHA256, shown shape) -> index in mask_entries
+    mask_entries: list[dict] = []
+    for overlay in (v.overlay for s in sets for v in s.volumes):
+        if overlay is not None and overlay.ident not in masks:
+            masks[overlay.ident] = len(mask_entries)
+            mask_entries.append({"source": overlay.source, "shape": list(overlay.labels.shape), "names": overlay.names,
+                                 "colours": overlay.colours, "labels": _base64(overlay.labels), "edges": _base64(overlay.edges)})
     return {
         "windows": {name: list(window) for name, window in WINDOWS.items()},
         "default_window": "lung",
         "sets": [{"key": s.key, "label": s.label, "kind": s.kind} for s in sets],
+        "masks": mask_entries,
+        "face_bits": {f"{'zyx'[axis]}{'+' if side > 0 else '-'}": bit for (axis, side), bit in FACE_BITS.items()},
         "volumes": [
             {"set": s.key, "name": v.name, "shape": list(v.array.shape), "spacing": list(v.spacing), "info": v.info,
-             "data": base64.b64encode(v.array.astype("<i2").tobytes()).decode("ascii")}
+             "data": _base64(v.array.astype("<i2")),
+             "mask": None if v.overlay is None else masks[v.overlay.ident]}
             for s in sets for v in s.volumes
         ],
     }
@@ -53,14 +69,15 @@ def volume_payload(sets: list[VolumeSet]) -> dict:
 def _viewer(volume_set: VolumeSet) -> str:
     panes = "".join(
         f'<div class="pane" data-plane="{plane}"><div class="pane-title"><span>{plane}</span>'
-        f'<span class="position"></span></div><canvas aria-label="{plane} slice"></canvas>'
+        f'<span class="position"></span></div><div class="slice"><canvas aria-label="{plane} slice"></canvas>'
+        f'<canvas class="contours" aria-label="{plane} label contours"></canvas></div>'
         f'<input type="range" min="0" max="0" value="0" aria-label="{plane} slice position"></div>'
         for plane in PLANES
     )
     return (f'<div class="viewer {volume_set.kind}" data-set="{escape(volume_set.key)}"><div class="viewer-head">'
             f'<span class="set-name">{escape(volume_set.label)}</span><select aria-label="volume"></select>'
             f'<span class="volume-info"></span><span class="readout">hover over a slice to read HU</span></div>'
-            f'<div class="planes">{panes}</div></div>')
+            f'<div class="planes">{panes}</div><div class="legend" aria-label="labels"></div></div>')
 
 
 def volumes_section(content: ReportContent) -> str:
@@ -70,6 +87,10 @@ def volumes_section(content: ReportContent) -> str:
     presets = "".join(f'<button class="window-preset" data-window="{name}" title="level {lw[0]:g}, width {lw[1]:g} HU">'
                       f"{name.capitalize()}</button>" for name, lw in WINDOWS.items())
     shrunk = {v.downsampled_from for s in sets for v in s.volumes if v.downsampled_from}
+    contours = ('<label><input type="checkbox" id="show-contours" checked> label contours <kbd>C</kbd></label>'
+                if any(v.overlay for s in sets for v in s.volumes) else "")
+    contour_keys = (" Label contours: the boundary of each label of the volume's label map, in its colour; "
+                    "<kbd>C</kbd> shows or hides them." if contours else "")
     note = ""
     if shrunk:
         sizes = ", ".join("×".join(map(str, shape)) for shape in sorted(shrunk))
@@ -78,10 +99,10 @@ def volumes_section(content: ReportContent) -> str:
     return f"""<section id="volumes"><h2>Volumes</h2>
 <div class="toolbar"><span>Window</span><span class="presets">{presets}</span><span id="window-values" class="muted"></span>
 <label><input type="checkbox" id="link-slices" checked> link slices across rows</label>
-<label><input type="checkbox" id="show-crosshair" checked> crosshair</label></div>
+<label><input type="checkbox" id="show-crosshair" checked> crosshair</label>{contours}</div>
 <p class="keys">Drag a slider, or point at a slice and use <kbd>↑</kbd><kbd>↓</kbd> / the mouse wheel; click to move the
 other planes to that voxel; <kbd>L</kbd> <kbd>M</kbd> <kbd>B</kbd> <kbd>W</kbd> switch the window. Axial: anterior at the top, patient's right on the
-left; coronal and sagittal: superior at the top.</p>{note}
+left; coronal and sagittal: superior at the top.{contour_keys}</p>{note}
 {''.join(_viewer(s) for s in sets)}
 <script type="application/json" id="prdit-volumes">{_script_json(volume_payload(sets))}</script></section>"""
 

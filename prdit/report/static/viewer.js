@@ -2,6 +2,8 @@
 // Volumes arrive as base64 little-endian int16 HU arrays [z, y, x] (LPS) in the JSON element #prdit-volumes.
 // Display follows the radiological convention of prdit.preview: axial with anterior at the top and the
 // patient's right on the left; coronal and sagittal with superior at the top; pixels keep their physical aspect.
+// A volume with a label map (payload.masks, uint8 values and face bits computed by prdit.report.labels) gets its
+// label boundaries drawn on a second canvas over each slice: a line along every voxel face the Python side marked.
 "use strict";
 
 (function () {
@@ -10,7 +12,14 @@
   const AXIS = { axial: "z", coronal: "y", sagittal: "x" };
   const PANEL_PX = [200, 340]; // CSS pixels of a volume's longest physical side: at least, at most
   const GAP_PX = 16;
-  const state = { window: payload.default_window, linked: true, crosshair: true, active: null };
+  const state = { window: payload.default_window, linked: true, crosshair: true, contours: true, active: null };
+  // Which voxel faces lie on the top, bottom, left and right side of a displayed pixel, per plane (rows of the
+  // coronal and sagittal planes run from superior to inferior, so their top neighbour is z + 1).
+  const SIDES = {
+    axial: { top: "y-", bottom: "y+", left: "x-", right: "x+" },
+    coronal: { top: "z+", bottom: "z-", left: "x-", right: "x+" },
+    sagittal: { top: "z+", bottom: "z-", left: "y-", right: "y+" },
+  };
   const viewers = [];
 
   function decode(volume) {
@@ -40,6 +49,26 @@
     return { row: d - 1 - p.z, col: p.y };
   }
 
+  function bytes(text) {
+    return Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+  }
+
+  function maskOf(volume) {
+    if (volume.mask === null || volume.mask === undefined) return null;
+    const mask = payload.masks[volume.mask];
+    if (!mask.values) {
+      mask.values = bytes(mask.labels);
+      mask.faces = bytes(mask.edges);
+      mask.nameOf = {};
+      mask.colourOf = {};
+      for (const [name, value] of Object.entries(mask.names)) {
+        mask.nameOf[value] = name;
+        mask.colourOf[value] = mask.colours[name];
+      }
+    }
+    return mask;
+  }
+
   function hu(volume, z, y, x) {
     const [, h, w] = volume.shape;
     return decode(volume)[(z * h + y) * w + x];
@@ -53,11 +82,12 @@
       this.select = root.querySelector("select");
       this.readout = root.querySelector(".readout");
       this.info = root.querySelector(".volume-info");
+      this.legend = root.querySelector(".legend");
       this.panes = {};
       for (const plane of PLANES) {
         const pane = root.querySelector(`.pane[data-plane="${plane}"]`);
         this.panes[plane] = { pane, canvas: pane.querySelector("canvas"), slider: pane.querySelector("input"),
-          label: pane.querySelector(".position") };
+          label: pane.querySelector(".position"), contours: pane.querySelector("canvas.contours") };
         this.bindPane(plane);
       }
       this.volumes.forEach((v, i) => this.select.add(new Option(v.name, String(i))));
@@ -84,12 +114,41 @@
         canvas.style.height = `${Math.round(g.rows * g.rowMm * scale)}px`;
         canvas.width = Math.round(g.cols * g.colMm * scale * ratio);
         canvas.height = Math.round(g.rows * g.rowMm * scale * ratio);
+        const layer = this.panes[plane].contours;
+        if (layer) {
+          Object.assign(layer, { width: canvas.width, height: canvas.height });
+          Object.assign(layer.style, { width: canvas.style.width, height: canvas.style.height });
+        }
         slider.min = 0;
         slider.max = g.depth - 1;
         this.panes[plane].offscreen = Object.assign(document.createElement("canvas"), { width: g.cols, height: g.rows });
       }
       this.info.textContent = this.volume.info || "";
+      this.mask = maskOf(this.volume);
+      this.showLegend();
       this.render();
+    }
+
+    showLegend() {
+      if (!this.legend) return;
+      this.legend.replaceChildren();
+      this.legend.hidden = !this.mask || !state.contours;
+      if (!this.mask) return;
+      for (const [name, colour] of Object.entries(this.mask.colours)) {
+        const item = document.createElement("span");
+        item.className = "legend-item";
+        item.dataset.label = name;
+        const swatch = document.createElement("span");
+        swatch.className = "swatch";
+        swatch.style.background = colour;
+        item.append(swatch, ` ${name} (${this.mask.names[name]})`);
+        this.legend.append(item);
+      }
+      const source = document.createElement("span");
+      source.className = "legend-source";
+      source.textContent = this.mask.source.split(/[\\/]/).pop();
+      source.title = this.mask.source;
+      this.legend.append(source);
     }
 
     bindPane(plane) {
@@ -125,7 +184,10 @@
       }
       const [z, y, x] = voxel;
       const value = hu(this.volume, z, y, x);
-      this.readout.innerHTML = `<b>${value} HU</b> at voxel (z ${z}, y ${y}, x ${x})`;
+      const [, h, w] = this.volume.shape;
+      const label = this.mask ? this.mask.values[(z * h + y) * w + x] : 0;
+      const tissue = label ? ` · ${this.mask.nameOf[label] || `label ${label}`}` : "";
+      this.readout.innerHTML = `<b>${value} HU</b>${tissue} at voxel (z ${z}, y ${y}, x ${x})`;
     }
 
     // A click moves the other two planes through the clicked voxel.
@@ -184,9 +246,41 @@
         context.imageSmoothingEnabled = false;
         context.drawImage(offscreen, 0, 0, canvas.width, canvas.height);
         if (state.crosshair) this.drawCrosshair(context, plane, g, canvas);
+        this.drawContours(plane, g);
         slider.value = String(index);
         const mm = (index * this.volume.spacing["zyx".indexOf(AXIS[plane])]).toFixed(1);
         label.textContent = `${AXIS[plane]} = ${index} (0–${g.depth - 1}) · ${mm} mm`;
+      }
+    }
+
+    // A line inside each pixel along every side that faces another label, in the pixel's label colour.
+    drawContours(plane, g) {
+      const layer = this.panes[plane].contours;
+      if (!layer) return;
+      const context = layer.getContext("2d");
+      context.clearRect(0, 0, layer.width, layer.height);
+      layer.hidden = !this.mask || !state.contours;
+      if (layer.hidden) return;
+      const [, h, w] = this.volume.shape;
+      const sx = layer.width / g.cols;
+      const sy = layer.height / g.rows;
+      const line = Math.max(1, Math.min(sx, sy) / 6);
+      const bits = Object.fromEntries(Object.entries(SIDES[plane]).map(([side, face]) => [side, payload.face_bits[face]]));
+      const any = bits.top | bits.bottom | bits.left | bits.right;
+      for (let r = 0; r < g.rows; r++) {
+        for (let c = 0; c < g.cols; c++) {
+          const [z, y, x] = g.voxel(this.pos, r, c);
+          const index = (z * h + y) * w + x;
+          const faces = this.mask.faces[index] & any;
+          if (!faces) continue;
+          context.fillStyle = this.mask.colourOf[this.mask.values[index]];
+          const left = c * sx;
+          const top = r * sy;
+          if (faces & bits.top) context.fillRect(left, top, sx, line);
+          if (faces & bits.bottom) context.fillRect(left, top + sy - line, sx, line);
+          if (faces & bits.left) context.fillRect(left, top, line, sy);
+          if (faces & bits.right) context.fillRect(left + sx - line, top, line, sy);
+        }
       }
     }
 
@@ -218,12 +312,23 @@
     viewers.forEach((v) => v.render());
   }
 
+  function setContours(shown) {
+    state.contours = shown;
+    const box = document.getElementById("show-contours");
+    if (box) box.checked = shown;
+    viewers.forEach((v) => { v.showLegend(); v.render(); });
+  }
+
   const KEY_WINDOWS = { l: "lung", m: "mediastinal", b: "bone", w: "wide" };
   document.addEventListener("keydown", (event) => {
     const tag = event.target.tagName;
     if (tag === "SELECT" || (tag === "INPUT" && event.target.type === "range")) return; // native keys there
     if (KEY_WINDOWS[event.key] && payload.windows[KEY_WINDOWS[event.key]]) {
       setWindow(KEY_WINDOWS[event.key]);
+      return;
+    }
+    if (event.key === "c" && document.getElementById("show-contours")) {
+      setContours(!state.contours);
       return;
     }
     const delta = { ArrowUp: 1, ArrowRight: 1, PageUp: 5, ArrowDown: -1, ArrowLeft: -1, PageDown: -5 }[event.key];
@@ -244,6 +349,8 @@
   if (link) link.addEventListener("change", () => { state.linked = link.checked; });
   const cross = document.getElementById("show-crosshair");
   if (cross) cross.addEventListener("change", () => { state.crosshair = cross.checked; viewers.forEach((v) => v.render()); });
+  const contours = document.getElementById("show-contours");
+  if (contours) contours.addEventListener("change", () => setContours(contours.checked));
   if (viewers.length) setWindow(state.window);
   document.body.dataset.ready = "true"; // tests wait for this
 })();

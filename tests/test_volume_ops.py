@@ -1,6 +1,6 @@
 import numpy as np
 
-from prdit.data.volume_ops import average_pool, body_center, crop_or_pad
+from prdit.data.volume_ops import average_pool, body_center, crop_or_pad, largest_component
 
 
 def test_average_pool_matches_block_means():
@@ -26,3 +26,13 @@ def test_body_center_ignores_the_table():
     hu[2:18, 5:25, 10:30] = 40.0  # body, off centre
     hu[:, 35:37, :] = 300.0  # table, separate and smaller
     np.testing.assert_allclose(body_center(hu), [9.5, 14.5, 19.5])
+
+
+def test_largest_component_keeps_the_biggest_region_only():
+    mask = np.zeros((10, 10, 10), dtype=bool)
+    mask[1:4, 1:4, 1:4] = True  # 27 voxels
+    mask[6:9, 6:9, 5:9] = True  # 36 voxels: the patient
+    mask[0, 9, 9] = True
+    body = largest_component(mask)
+    assert body.sum() == 36 and body[7, 7, 6] and not body[2, 2, 2] and not body[0, 9, 9]
+    assert not largest_component(np.zeros((4, 4, 4), dtype=bool)).any()

@@ -36,16 +36,24 @@ def crop_or_pad(volume: np.ndarray, size: int, start: Sequence[int] | None = Non
     return out
 
 
-def body_center(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
-    """Centre [z, y, x] (index units) of the bounding box of the largest connected region above ``threshold``.
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected region of a boolean mask (face connectivity); all False when the mask is empty.
 
-    The largest region is the patient; the table and stray objects are smaller. Falls back to the array centre.
+    Above the body threshold it is the patient: the scanner table and stray objects are smaller regions.
     """
     from scipy import ndimage
 
-    labels, count = ndimage.label(hu > threshold)
+    labels, count = ndimage.label(mask)
     if count == 0:
+        return np.zeros(mask.shape, dtype=bool)
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+
+
+def body_center(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """Centre [z, y, x] (index units) of the bounding box of the largest connected region above ``threshold``
+    (:func:`largest_component`); falls back to the array centre."""
+    body = largest_component(hu > threshold)
+    if not body.any():
         return (np.array(hu.shape, dtype=np.float64) - 1) / 2
-    largest = int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
-    box = ndimage.find_objects(labels)[largest - 1]
-    return np.array([(s.start + s.stop - 1) / 2 for s in box], dtype=np.float64)
+    box = [np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    return np.array([(index[0] + index[-1]) / 2 for index in box], dtype=np.float64)

@@ -21,6 +21,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from prdit.data.volume_ops import largest_component
 from prdit.hu import BODY_THRESHOLD_HU, TISSUE_BANDS_HU
 
 # Fractions are of all voxels in the field of view (air outside the body included).
@@ -50,12 +51,7 @@ FEATURES: dict[str, tuple[str, str]] = {
 def body_and_lung_masks(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boolean body (filled) and lung masks of one HU volume ``[z, y, x]``."""
     dense = volume > BODY_THRESHOLD_HU
-    labels, count = ndimage.label(dense)
-    if count == 0:
-        empty = np.zeros(volume.shape, dtype=bool)
-        return empty, empty
-    sizes = np.bincount(labels.ravel())[1:]
-    body = labels == 1 + int(np.argmax(sizes))
+    body = largest_component(dense)
     filled = np.stack([ndimage.binary_fill_holes(axial) for axial in body])
     return filled, filled & ~dense
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (issue 29); benchmarks/README.md, "GPU check", says how to run it with the device tool.
+# One prepared GPU check (issue 29); benchmarks/README.md, "GPU check", says what it measures and how to run it.
 #
 #   benchmarks/gpu_check.sh --prepare [OFFICIAL_GIT_DIR]  here (network): wheels of prdit's dependencies that the
 #                                                         GPU image lacks into .whl/, and the official code's models
@@ -9,6 +9,12 @@
 #
 # Results: $RESULTS (default results/gpu)/*.json, summary.md and gpu_check.log; where $OUT is set (the device
 # tool), also $OUT/summary.md, $OUT/gpu_check.log and $OUT/gpu_results.tar.gz (every JSON file).
+#
+# Maintainers with the project's device tool (it sends the session's own checkout, not a helper's worktree):
+# fetch github:Fredy-Zhang/PRDiT, then `benchmarks/gpu_check.sh --prepare /work/.mirror/Fredy-Zhang+PRDiT/repo`
+# here, then one call: run(command="benchmarks/gpu_check.sh", carry=[".whl", ".official"], timeout_s=600) and
+# give_back. The call costs about 12 of the 15 device minutes (start, 9 to run, transfers): run nothing before it.
+# Unpack gpu_results.tar.gz into benchmarks/results/gpu/ and copy summary.md into benchmarks/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

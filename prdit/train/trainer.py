@@ -487,16 +487,24 @@ def maybe_evaluate_and_checkpoint(run: Run, done: int) -> None:
             save_previews(run.ema, run.diffusion, run.train_set, run.run_dir, done, lcfg.num_preview_samples, info.device,
                           run.autocast, write=info.is_main)
     periodic = done % lcfg.ckpt_every == 0 or last
-    if sharded and (periodic or is_best):
-        save_sharded(checkpoint_state(run, done, tensors=False), run.model, run.ema, run.optimizer,
-                     run.run_dir / "checkpoints", run.config.output.keep_last, is_best, info, periodic)
-    elif periodic or is_best:  # best.pt is written when the best is found: the next checkpoint step may be worse
-        state = checkpoint_state(run, done)
-        if info.is_main and periodic:
-            write_checkpoint(state, run.run_dir / "checkpoints", run.config.output.keep_last, is_best=is_best)
-        elif info.is_main:
-            write_best(state, run.run_dir / "checkpoints")
-        barrier(info)
+    if periodic or is_best:  # best is written when it is found: the next checkpoint step may be worse
+        save_checkpoint(run, done, periodic, is_best)
+
+
+def save_checkpoint(run: Run, done: int, periodic: bool, is_best: bool) -> None:
+    """The step's checkpoint (``periodic``) and/or best: under FSDP one DCP folder that every rank writes its shards
+    into, else one file written by rank 0 while the others wait."""
+    folder, keep_last, info = run.run_dir / "checkpoints", run.config.output.keep_last, run.info
+    if run.config.training.parallel == "fsdp":
+        save_sharded(checkpoint_state(run, done, tensors=False), run.model, run.ema, run.optimizer, folder, keep_last,
+                     is_best, info, periodic)
+        return
+    state = checkpoint_state(run, done)
+    if info.is_main and periodic:
+        write_checkpoint(state, folder, keep_last, is_best=is_best)
+    elif info.is_main:
+        write_best(state, folder)
+    barrier(info)
 
 
 def train(config: Config, options: TrainOptions | None = None) -> Path:

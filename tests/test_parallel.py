@@ -53,8 +53,13 @@ def assert_same_run(a: Path, b: Path) -> None:
     np.testing.assert_allclose(losses(a), losses(b), rtol=1e-5)
     first, second = load_checkpoint(a), load_checkpoint(b)
     assert first["step"] == second["step"]
-    assert_same_weights(first["model"], second["model"], atol=1e-5)
-    assert_same_weights(first["ema"], second["ema"], atol=1e-5)
+    # Adam divides by sqrt(v) + eps: a weight whose gradients are near zero moves by up to lr per step on
+    # rounding-level gradient differences (2 ranks sum in another order), so weights agree to a small fraction of
+    # the largest possible movement, lr x steps; a missing or wrong gradient reduction moves them by a large one.
+    config = first["config"]["training"]
+    atol = 0.01 * config["lr"] * first["step"]
+    assert_same_weights(first["model"], second["model"], atol=atol)
+    assert_same_weights(first["ema"], second["ema"], atol=atol)
 
 
 def test_fsdp_on_two_processes_equals_one_process(blob_data, tmp_path):

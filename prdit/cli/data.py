@@ -43,6 +43,29 @@ def _run_phantom(args: argparse.Namespace) -> None:
     print(f"wrote {summary['written']} volume(s), kept {summary['skipped']} existing, in {args.out}")
 
 
+def _add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--labels", default=None, metavar="DIR",
+                        help="label maps of the scans, named like the cases: DIR/<case>.nii.gz (one multilabel file) or "
+                        "DIR/<case>/ (one mask per structure, as TotalSegmentator writes); resampled with nearest "
+                        "neighbour onto each volume's grid into OUT/labels/<case>.nii.gz + OUT/labels.json")
+    parser.add_argument("--label-map", dest="label_map", default=None, metavar="MAP",
+                        help="JSON/YAML mapping prdit labels (body, lung, bone, heart, vessel, airway, fat) to the label "
+                        "files' values or structure names, e.g. {\"lung\": [\"lung_*\"], \"airway\": [\"trachea\"]}; "
+                        "default: the files hold prdit's values already")
+    parser.add_argument("--missing-labels", dest="missing_labels", choices=["fail", "skip"], default="fail",
+                        help="a case without a label map: fail before any work (default) or skip that case")
+
+
+def _label_options(args: argparse.Namespace):
+    from prdit.data.label_maps import LabelOptions
+
+    if args.labels is None:
+        if args.label_map is not None:
+            raise PrditError("--label-map maps the files of --labels DIR; pass --labels too")
+        return None
+    return LabelOptions(str(args.labels), args.label_map, args.missing_labels)
+
+
 def _add_common_arguments(parser: argparse.ArgumentParser, percentile: float) -> None:
     parser.add_argument("--src", required=True, help="source folder (read only, never modified)")
     parser.add_argument("--out", required=True, help="output folder: volumes/, manifest.csv, skipped.csv")
@@ -61,6 +84,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, percentile: float) ->
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="redo every case, replacing earlier outputs")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (for logs)")
+    _add_label_arguments(parser)
 
 
 def _print_summary(summary, out: str, normalize: str) -> None:
@@ -81,7 +105,7 @@ def _run_lidc(args: argparse.Namespace) -> None:
     options = PreprocessOptions(
         size=args.size, spacing=args.spacing, normalize=args.normalize, percentile=args.percentile, pool=args.pool,
         crop=args.crop, interpolation=args.interpolation, skip_small=args.skip_small, all_series=args.all_series,
-        min_slices=args.min_slices, max_gap_factor=args.max_gap_factor, max_tilt_deg=args.max_tilt,
+        min_slices=args.min_slices, max_gap_factor=args.max_gap_factor, max_tilt_deg=args.max_tilt, labels=_label_options(args),
     )
     summary = preprocess_lidc(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite, progress=args.progress)
     _print_summary(summary, args.out, args.normalize)
@@ -94,7 +118,7 @@ def _run_rad(args: argparse.Namespace) -> None:
         size=args.size, spacing=args.spacing, normalize=args.normalize, percentile=args.percentile,
         hu_ceiling=1000.0 if args.normalize == "paper" else None, pool=args.pool, crop=args.crop,
         interpolation=args.interpolation, skip_small=args.skip_small, npz_key=args.npz_key, source_spacing=args.source_spacing,
-        paper_crop=args.paper_crop,
+        paper_crop=args.paper_crop, labels=_label_options(args),
     )
     summary = preprocess_rad(args.src, args.out, options, workers=args.workers, overwrite=args.overwrite, progress=args.progress)
     _print_summary(summary, args.out, args.normalize)
@@ -103,7 +127,8 @@ def _run_rad(args: argparse.Namespace) -> None:
 def _run_import(args: argparse.Namespace) -> None:
     from prdit.data.collection import ImportOptions, import_collection
 
-    options = ImportOptions(size=args.size, spacing=args.spacing, crop=args.crop, hu_offset=args.hu_offset)
+    options = ImportOptions(size=args.size, spacing=args.spacing, crop=args.crop, hu_offset=args.hu_offset,
+                            labels=_label_options(args))
     summary, (n_train, n_val) = import_collection(
         args.src, args.out, options, workers=args.workers, overwrite=args.overwrite, progress=args.progress
     )
@@ -149,6 +174,7 @@ def _add_import_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="redo every scan, replacing earlier outputs")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (for logs)")
+    _add_label_arguments(parser)
     parser.set_defaults(func=_run_import)
 
     qc = subparsers.add_parser(

@@ -15,6 +15,9 @@ file's stored rescale, e.g. NIfTI ``scl_slope``/``scl_inter``) and DICOM series 
 3. flagged: near-empty (almost no body in the cube), truncated (the scan covers under half the cube along an
    axis), duplicate (same DICOM series UID or identical pixels as another scan; the first by source path is kept).
 
+With ``labels`` (``--labels DIR``), each scan's label map follows it onto the cube by nearest neighbour, as for
+``prdit data lidc|rad`` (:mod:`prdit.data.label_maps`), into ``labels/<case>.nii.gz`` with ``labels.json``.
+
 The output folder gets ``volumes/<case>.nii.gz`` (int16 HU), ``manifest.csv`` (source, original shape, spacing,
 orientation, what was done, flags, pixel hash, output checksum), ``skipped.csv`` (every refused scan or file with
 its reason) and ``train.txt`` / ``val.txt``: unflagged and truncated volumes, split by patient where DICOM gives
@@ -32,17 +35,22 @@ from typing import Literal, cast
 import numpy as np
 
 from prdit.data.dicom import DicomCase, load_series, to_sitk_image
+from prdit.data.label_maps import LabelOptions, without_suffix
 from prdit.data.manifest import STATUS_OK, STATUS_SKIPPED, ManifestRow, read_manifest, split_paths, write_manifest
 from prdit.data.preprocess import (
     MANIFEST_NAME,
     VOLUME_DIR,
     CaseResult,
+    Jobs,
     PreprocessOptions,
     RunSummary,
+    case_labels,
     discover_dicom,
     physical_center,
     resample_cube,
     run_cases,
+    with_labels,
+    write_case_labels,
 )
 from prdit.data.volume_ops import body_center
 from prdit.errors import DataError
@@ -69,6 +77,7 @@ class ImportOptions:
     spacing: float = 1.5
     crop: Literal["body", "center", "none"] = "body"
     hu_offset: float | None = None
+    labels: LabelOptions | None = None
 
     def __post_init__(self) -> None:
         if self.size < 8:
@@ -210,10 +219,13 @@ def pixel_hash(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def convert_image(image, row: ManifestRow, out_dir: Path, options: ImportOptions, actions: list[str]) -> ManifestRow:
-    """Check, resample and write one SimpleITK image; fills ``row``'s geometry, actions, flags and checksums."""
+def convert_image(image, row: ManifestRow, out_dir: Path, options: ImportOptions, actions: list[str],
+                  labels: Path | None = None) -> ManifestRow:
+    """Check, resample and write one SimpleITK image (and its label map ``labels``); fills ``row``'s geometry,
+    actions, flags and checksums."""
     import SimpleITK as sitk
 
+    label_map = case_labels(options.labels, labels, image)
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)  # [z, y, x] of the file's index order
     if not np.isfinite(array).all():
         raise DataError(f"{row.source}: {int((~np.isfinite(array)).sum())} NaN/inf voxels")
@@ -250,8 +262,10 @@ def convert_image(image, row: ManifestRow, out_dir: Path, options: ImportOptions
             flags.append(f"{FLAG_TRUNCATED}: the scan covers {extent[axis]:.0f} of {edge:.0f} mm along {name}")
     row.flags = "; ".join(flags)
     path = out_dir / VOLUME_DIR / f"{row.case_id}.nii.gz"
-    save_nifti(path, cube, (spacing,) * 3, origin=tuple(float(v) for v in center - (options.size - 1) / 2 * spacing),
-               dtype=np.int16, overwrite=True)
+    origin = center - (options.size - 1) / 2 * spacing
+    if label_map is not None:  # before the volume: a volume on disk always has its label map
+        actions.append(write_case_labels(label_map, path, cube, (spacing,) * 3, origin))
+    save_nifti(path, cube, (spacing,) * 3, origin=tuple(float(v) for v in origin), dtype=np.int16, overwrite=True)
     row.status, row.normalize, row.output = STATUS_OK, "hu", path.relative_to(out_dir).as_posix()
     row.output_shape, row.output_spacing = [options.size] * 3, [spacing] * 3
     row.hu_min, row.hu_max, row.hu_mean = float(cube.min()), float(cube.max()), float(cube.mean())
@@ -272,13 +286,13 @@ def _guarded(row: ManifestRow, work) -> ManifestRow:
     return row
 
 
-def import_file(path: Path, case_id: str, out_dir: Path, options: ImportOptions) -> CaseResult:
-    """One NIfTI/NRRD/MHA/MHD file -> one volume (or a skipped row with the reason)."""
+def import_file(path: Path, case_id: str, out_dir: Path, options: ImportOptions, labels: Path | None = None) -> CaseResult:
+    """One NIfTI/NRRD/MHA/MHD file (and its label map) -> one volume (or a skipped row with the reason)."""
     row = ManifestRow(case_id, STATUS_SKIPPED, str(path))
-    return CaseResult(_guarded(row, lambda: convert_image(_read_image(path), row, out_dir, options, [])), [])
+    return CaseResult(_guarded(row, lambda: convert_image(_read_image(path), row, out_dir, options, [], labels)), [])
 
 
-def import_dicom(case: DicomCase, out_dir: Path, options: ImportOptions) -> CaseResult:
+def import_dicom(case: DicomCase, out_dir: Path, options: ImportOptions, labels: Path | None = None) -> CaseResult:
     """One DICOM series (HU from its stored rescale) -> one volume."""
     row = ManifestRow(case.case_id, STATUS_SKIPPED, str(case.series.folder), series_uid=case.series.uid,
                       series_description=case.series.description, patient_id=case.series.patient_id)
@@ -288,7 +302,7 @@ def import_dicom(case: DicomCase, out_dir: Path, options: ImportOptions) -> Case
         ct = load_series(case.series)
         bad.extend(ct.bad_files)
         row.notes = "; ".join(ct.notes)
-        return convert_image(to_sitk_image(ct), row, out_dir, options, ["DICOM rescale slope/intercept applied"])
+        return convert_image(to_sitk_image(ct), row, out_dir, options, ["DICOM rescale slope/intercept applied"], labels)
 
     return CaseResult(_guarded(row, work), bad)
 
@@ -370,12 +384,16 @@ def import_collection(
     files, cases, report = find_scans(src, workers, progress)
     if not files and not cases:
         raise DataError(f"{src}: no CT scans found (NIfTI, NRRD, MHA/MHD or DICOM)")
-    jobs: dict = {}
+    jobs: Jobs = {}
+    keys: dict[str, tuple[str, list[str]]] = {}
     for path in files:
         jobs[_case_id(path, src)] = (import_file, (path, _case_id(path, src), out, options))
+        keys[_case_id(path, src)] = (str(path), [without_suffix(path.relative_to(src))])
     for case in cases:
         case_id = case.case_id if case.case_id not in jobs else f"{case.case_id}__dicom"
         jobs[case_id] = (import_dicom, (DicomCase(case_id, case.series, case.alternatives), out, options))
+        keys[case_id] = (str(case.series.folder), [case.case_id, case.series.patient_id, case.series.uid])
+    jobs = with_labels(jobs, options.labels, keys, out)
     summary = run_cases(jobs, out, options, workers, overwrite, progress, report)  # type: ignore[arg-type]
     rows = read_manifest(out / MANIFEST_NAME)
     flag_duplicates(rows)

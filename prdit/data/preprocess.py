@@ -6,6 +6,8 @@ Output folder layout (never touches the sources)::
     OUT/manifest.csv            one row per case: source, series UID, shapes, spacings, HU stats, status, reason
     OUT/skipped.csv             every case, series and file that was left out, with the reason
     OUT/preprocess.json         the options of the run (a rerun with other options must use another OUT)
+    OUT/labels/<case>.nii.gz    with ``--labels DIR``: each case's label map on its volume's grid, and
+    OUT/labels.json             the names of its values (:mod:`prdit.data.label_maps`)
 
 Canonical grid: a cube of ``size`` voxels at ``spacing`` mm with identity LPS direction, so ``vol[k]`` is an
 axial slice with anterior at the top and the patient's right on the left, and ``k`` ascends towards the head.
@@ -48,6 +50,16 @@ from prdit.data.dicom import (
     to_sitk_image,
 )
 from prdit.data.intensity import IntensityMapping
+from prdit.data.label_maps import (
+    CaseLabels,
+    Geometry,
+    LabelOptions,
+    label_output,
+    load_case_labels,
+    match_cases,
+    without_suffix,
+    write_labels_json,
+)
 from prdit.data.manifest import STATUS_OK, STATUS_SKIPPED, ManifestRow, read_manifest, write_manifest
 from prdit.data.rad_chestct import RAD_NPZ_KEY, read_rad_volume
 from prdit.data.volume_ops import average_pool, body_center, crop_or_pad
@@ -84,6 +96,8 @@ class PreprocessOptions:
     # RAD-ChestCT
     npz_key: str = RAD_NPZ_KEY
     source_spacing: float | None = None
+    # label maps beside the scans (--labels DIR)
+    labels: LabelOptions | None = None
 
     def __post_init__(self) -> None:
         if self.pool < 1 or self.size < 2 or self.size % self.pool:
@@ -158,10 +172,11 @@ def canonical_axes(ct) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _finish(
-    hu: np.ndarray, spacing, origin: np.ndarray, options: PreprocessOptions, path: Path, row: ManifestRow
+    hu: np.ndarray, spacing, origin: np.ndarray, options: PreprocessOptions, path: Path, row: ManifestRow,
+    labels: CaseLabels | None = None,
 ) -> ManifestRow:
     """Normalise, pool and write a [z, y, x] HU cube whose voxel [0, 0, 0] sits at ``origin`` (LPS x, y, z);
-    ``spacing`` is one isotropic value or per [z, y, x] axis."""
+    ``spacing`` is one isotropic value or per [z, y, x] axis. ``labels`` follow onto the written grid."""
     spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
     row.hu_min, row.hu_max, row.hu_mean = float(hu.min()), float(hu.max()), float(hu.mean())
     row.hu_p99_9 = float(np.percentile(hu, 99.9))
@@ -176,10 +191,49 @@ def _finish(
         spacing = spacing * options.pool
     dtype = np.float32 if options.normalize == "paper" else np.int16
     spacing_zyx = tuple(float(v) for v in spacing)
+    if labels is not None:  # before the volume: a volume on disk always has its label map
+        done = write_case_labels(labels, path, average_pool(hu, options.pool), spacing_zyx, origin)
+        row.actions = "; ".join(a for a in (row.actions, done) if a)
     save_nifti(path, volume, spacing_zyx, origin=tuple(float(v) for v in origin), dtype=dtype, overwrite=True)  # type: ignore[arg-type]
     row.status, row.normalize = STATUS_OK, options.normalize
     row.output_shape, row.output_spacing = list(volume.shape), list(spacing_zyx)
     return row
+
+
+def write_case_labels(labels: CaseLabels, volume_path: Path, hu: np.ndarray, spacing_zyx, origin) -> str:
+    """The case's label map onto the grid of the volume to be written at ``volume_path`` (``hu`` on that grid);
+    returns what was done, for the manifest."""
+    labels.write(label_output(volume_path.parent.parent, volume_stem(volume_path)), hu, spacing_zyx, origin)
+    done = f"label map {labels.source.name} resampled onto the volume's grid (nearest neighbour)"
+    return done + (", unlabelled body voxels set to body" if labels.fill_body else "")
+
+
+def case_labels(options: LabelOptions | None, source: Path | None, image=None, geometry: Geometry | None = None,
+                rad_spacing=None) -> CaseLabels | None:
+    """The label map of a case whose scan is ``image`` (SimpleITK) or has ``geometry`` (None without --labels)."""
+    if options is None or source is None:
+        return None
+    scan = geometry if geometry is not None else Geometry.of(image)
+    return load_case_labels(options, source, scan, "its scan", rad_spacing)
+
+
+def with_labels(jobs: Jobs, options: LabelOptions | None, keys: dict[str, tuple[str, list[str]]], out_dir: Path) -> Jobs:
+    """``jobs`` with each case's label source as the last argument. ``keys``: case id -> (its source, the other
+    names its label map may have). With ``--missing-labels skip`` the cases without one become skipped rows
+    (their reason names the folder). Writes OUT/labels.json."""
+    if options is None:
+        return jobs
+    found, missing = match_cases(options, {case_id: keys[case_id][1] for case_id in jobs})
+    out = {case_id: (function, (*args, found[case_id])) for case_id, (function, args) in jobs.items() if case_id in found}
+    for case_id, reason in missing.items():
+        out[case_id] = (skipped_case, (case_id, keys[case_id][0], reason))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_labels_json(out_dir)
+    return out
+
+
+def skipped_case(case_id: str, source: str, reason: str) -> CaseResult:
+    return CaseResult(ManifestRow(case_id, STATUS_SKIPPED, source, reason=reason), [])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -193,7 +247,10 @@ class CaseResult:
     bad_files: list[tuple[str, str]]
 
 
-def process_dicom_case(case: DicomCase, out_dir: Path, options: PreprocessOptions) -> CaseResult:
+Jobs = dict[str, tuple[Callable[..., CaseResult], tuple]]  # case id -> (function, its arguments)
+
+
+def process_dicom_case(case: DicomCase, out_dir: Path, options: PreprocessOptions, labels: Path | None = None) -> CaseResult:
     """One DICOM series -> one canonical volume (errors become a skipped row with the reason)."""
     row = ManifestRow(case.case_id, STATUS_SKIPPED, str(case.series.folder), series_uid=case.series.uid)
     bad_files: list[tuple[str, str]] = []
@@ -219,6 +276,8 @@ def process_dicom_case(case: DicomCase, out_dir: Path, options: PreprocessOption
             )
         path = out_dir / VOLUME_DIR / f"{case.case_id}.nii.gz"
         row.output = path.relative_to(out_dir).as_posix()
+        geometry = Geometry(ct.hu.shape[::-1], tuple(ct.spacing), tuple(ct.origin), tuple(np.ravel(ct.direction)))
+        label_map = case_labels(options.labels, labels, geometry=geometry)
         if options.normalize == "paper":  # the official route: cubic zoom of the voxel grid, then an index crop
             hu, origin, source_spacing = canonical_axes(ct)
             zoomed, steps = official_zoom(hu, tuple(source_spacing[::-1] / spacing), order=3, mode="nearest")
@@ -227,11 +286,11 @@ def process_dicom_case(case: DicomCase, out_dir: Path, options: PreprocessOption
                 start = np.round(body_center(zoomed) - (options.size - 1) / 2).astype(int)
             cube = crop_or_pad(zoomed, options.size, tuple(int(v) for v in start))
             new_spacing = steps * source_spacing[::-1]  # [z, y, x]
-            return CaseResult(_finish(cube, new_spacing, origin + (start * new_spacing)[::-1], options, path, row), bad_files)
+            return CaseResult(_finish(cube, new_spacing, origin + (start * new_spacing)[::-1], options, path, row, label_map), bad_files)
         image = to_sitk_image(ct)
         center = physical_center(image, body_center(ct.hu) if options.crop == "body" else None)
         hu = resample_cube(image, options.size, spacing, center, options.interpolation)
-        return CaseResult(_finish(hu, spacing, center - (options.size - 1) / 2 * spacing, options, path, row), bad_files)
+        return CaseResult(_finish(hu, spacing, center - (options.size - 1) / 2 * spacing, options, path, row, label_map), bad_files)
     except DataError as error:
         row.reason, row.output = str(error), ""
     except Exception as error:  # one odd case must not end a run over a thousand scans
@@ -239,12 +298,13 @@ def process_dicom_case(case: DicomCase, out_dir: Path, options: PreprocessOption
     return CaseResult(row, bad_files)
 
 
-def process_rad_case(source: Path, case_id: str, out_dir: Path, options: PreprocessOptions) -> CaseResult:
+def process_rad_case(source: Path, case_id: str, out_dir: Path, options: PreprocessOptions, labels: Path | None = None) -> CaseResult:
     """One RAD-ChestCT .npz -> one volume: the paper's clip -> centre crop (or pad) -> normalise route."""
     row = ManifestRow(case_id, STATUS_SKIPPED, str(source))
     try:
         hu, source_spacing = read_rad_volume(source, options.npz_key, options.source_spacing)
         row.original_shape, row.original_spacing = list(hu.shape), list(source_spacing)
+        label_map = case_labels(options.labels, labels, geometry=Geometry.centred(hu.shape, source_spacing), rad_spacing=source_spacing)
         hu[hu < OUT_OF_FIELD_HU] = AIR_HU
         if options.hu_ceiling is not None:
             hu = np.clip(hu, AIR_HU, options.hu_ceiling)
@@ -262,7 +322,7 @@ def process_rad_case(source: Path, case_id: str, out_dir: Path, options: Preproc
             new_spacing = steps * np.asarray(source_spacing, dtype=np.float64)
             origin = np.array(centered_origin(hu.shape, source_spacing)) + (start * np.asarray(source_spacing))[::-1]
             row.output = path.relative_to(out_dir).as_posix()
-            return CaseResult(_finish(cube, new_spacing, origin, options, path, row), [])
+            return CaseResult(_finish(cube, new_spacing, origin, options, path, row, label_map), [])
         spacing = options.spacing if options.spacing is not None else min(source_spacing)
         extent = np.array(hu.shape) * np.array(source_spacing)
         if options.skip_small and (extent < options.size * spacing - 1e-6).any():
@@ -285,7 +345,7 @@ def process_rad_case(source: Path, case_id: str, out_dir: Path, options: Preproc
             cube = resample_cube(image, options.size, spacing, center, options.interpolation)
             origin = center - (options.size - 1) / 2 * spacing
         row.output = path.relative_to(out_dir).as_posix()
-        return CaseResult(_finish(cube, float(spacing), origin, options, path, row), [])
+        return CaseResult(_finish(cube, float(spacing), origin, options, path, row, label_map), [])
     except DataError as error:
         row.reason, row.output = str(error), ""
     except Exception as error:  # one odd case must not end the run
@@ -340,7 +400,7 @@ def _write_report(path: Path, entries: list[tuple[str, str, str]]) -> None:
 
 
 def run_cases(
-    jobs: dict[str, tuple[Callable[..., CaseResult], tuple]],
+    jobs: Jobs,
     out_dir: str | os.PathLike,
     options: PreprocessOptions,
     workers: int = 1,
@@ -463,7 +523,9 @@ def preprocess_lidc(
     ensure_writable(out_dir)
     cases, report = discover_dicom(src, workers, options, progress)
     out_dir = Path(out_dir)
-    jobs = {case.case_id: (process_dicom_case, (case, out_dir, options)) for case in cases}
+    jobs: Jobs = {case.case_id: (process_dicom_case, (case, out_dir, options)) for case in cases}
+    keys = {case.case_id: (str(case.series.folder), [case.series.patient_id, case.series.uid]) for case in cases}
+    jobs = with_labels(jobs, options.labels, keys, out_dir)
     return run_cases(jobs, out_dir, options, workers, overwrite, progress, report)
 
 
@@ -482,8 +544,11 @@ def preprocess_rad(
         raise DataError(f"{src}: no .npz files found")
     out_dir = Path(out_dir)
     base = src.parent if src.is_file() else src
-    jobs = {}
+    jobs: Jobs = {}
+    keys = {}
     for path in files:
         case_id = volume_stem(path.relative_to(base).as_posix().replace("/", "__"))
         jobs[case_id] = (process_rad_case, (path, case_id, out_dir, options))
+        keys[case_id] = (str(path), [without_suffix(path.relative_to(base))])
+    jobs = with_labels(jobs, options.labels, keys, out_dir)
     return run_cases(jobs, out_dir, options, workers, overwrite, progress)

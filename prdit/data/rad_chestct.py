@@ -22,6 +22,7 @@ from prdit.io import load_volume
 
 RAD_NPZ_KEY = "ct"
 RAD_SPACING_MM = 0.8
+RAD_LABEL_KEYS = ("labels", "label", "seg", "mask")  # the label map's array in a .npz (prdit data rad --labels)
 
 
 def _has_spacing_entry(path: Path) -> bool:
@@ -51,3 +52,20 @@ def read_rad_volume(
     else:
         spacing = (RAD_SPACING_MM,) * 3
     return volume.array, spacing
+
+
+def read_rad_labels(path: str | os.PathLike, scan_spacing: tuple[float, float, float]) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A RAD-ChestCT case's label map ``[z, y, x]`` and its spacing (sz, sy, sx), read like its volume: a ``.npz``
+    (array ``labels``, ``label``, ``seg`` or ``mask``, or its only array; its ``spacing`` entry, else the scan's
+    spacing) or ``.npy`` array in the scan's own axis order, or a NIfTI (its affine's spacing)."""
+    path = Path(path)
+    key = None
+    if path.name.lower().endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                key = next((k for k in RAD_LABEL_KEYS if k in archive.files), None)
+        except (OSError, ValueError, zipfile.BadZipFile):
+            raise DataError(f"{path}: cannot read the .npz (truncated or corrupt?)") from None
+    volume = load_volume(path, npz_key=key)
+    geometric = path.name.lower().endswith((".nii", ".nii.gz")) or (path.name.lower().endswith(".npz") and _has_spacing_entry(path))
+    return volume.array, (tuple(volume.spacing) if geometric else tuple(scan_spacing))  # type: ignore[return-value]

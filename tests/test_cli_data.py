@@ -57,3 +57,31 @@ def test_rad_command_passes_its_options(tmp_path, capsys):
 def test_missing_source_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="source folder not found"):
         _run(["lidc", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+
+
+def test_rad_labels_from_the_command_line_and_their_errors(tmp_path, capsys):
+    import json
+
+    from prdit.errors import PrditError
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "seg").mkdir()
+    for case in ("a", "b"):
+        np.savez_compressed(tmp_path / "src" / f"{case}.npz", ct=np.full((8, 8, 8), 50.0, np.float32))
+    seg = np.zeros((8, 8, 8), np.uint8)
+    seg[2:6, 2:6, 2:6] = 7  # a source id, mapped to heart
+    np.savez_compressed(tmp_path / "seg" / "a.npz", labels=seg)
+    (tmp_path / "map.yaml").write_text("heart: [7]\n")
+    common = ["rad", "--src", str(tmp_path / "src"), "--size", "8", "--no-progress", "--labels", str(tmp_path / "seg"),
+              "--label-map", str(tmp_path / "map.yaml")]
+    with pytest.raises(DataError, match=r"1 of 2 case\(s\) have no label map: b .*--missing-labels skip"):
+        _run([*common, "--out", str(tmp_path / "fail")])
+    _run([*common, "--out", str(tmp_path / "out"), "--missing-labels", "skip"])
+    assert "1 volume(s) written, 1 skipped" in capsys.readouterr().out
+    labels = load_volume(tmp_path / "out" / "labels" / "a.nii.gz").array
+    assert set(np.unique(labels)) == {1, 4} and (labels[2:6, 2:6, 2:6] == 4).all()  # heart, the rest filled as body
+    assert json.loads((tmp_path / "out" / "labels.json").read_text())["heart"] == 4
+    rows = {r.case_id: r for r in read_manifest(tmp_path / "out" / "manifest.csv")}
+    assert rows["b"].status == "skipped" and rows["b"].reason.startswith("no label map in ")
+    with pytest.raises(PrditError, match="--label-map maps the files of --labels DIR; pass --labels too"):
+        _run(["rad", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "x"), "--label-map", "m.json"])

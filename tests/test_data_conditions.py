@@ -57,3 +57,41 @@ def test_a_label_folder_without_names_is_an_error(tmp_path):
     (tmp_path / "labels.json").write_text(json.dumps({"lung": 300}))
     with pytest.raises(DataError, match="integers 1-255"):
         read_label_names(tmp_path)
+
+
+def test_imported_scans_with_label_files_give_conditional_training_batches(tmp_path):
+    """Real-data route end to end: scans + multilabel files with a tool's own ids -> ``prdit data import --labels
+    --label-map`` -> a conditional training batch whose label channels are the maps, voxel for voxel."""
+    from torch.utils.data import DataLoader
+
+    from prdit.config import config_from_dict
+    from prdit.data.dataset import build_datasets
+    from prdit.data.phantom import phantom_label_map
+    from prdit.io import save_nifti
+
+    truth = {}
+    for seed in range(3):  # phantoms stand in for scans; their label maps, under ids 101-107, for a segmenter's output
+        hu, spacing, tissues = generate_phantom(32, seed, return_labels=True)
+        save_nifti(tmp_path / "src" / f"case{seed}.nii.gz", hu, spacing, dtype=np.int16)
+        truth[f"case{seed}"] = phantom_label_map(tissues)
+        save_nifti(tmp_path / "seg" / f"case{seed}.nii.gz", np.where(truth[f"case{seed}"] > 0, truth[f"case{seed}"] + 100, 0),
+                   spacing, dtype=np.uint8)
+    (tmp_path / "map.json").write_text(json.dumps({name: [value + 100] for name, value in PHANTOM_LABELS.items()}))
+    assert main(["data", "import", "--src", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--size", "32",
+                 "--spacing", str(spacing[0]), "--crop", "center", "--no-progress", "--labels", str(tmp_path / "seg"),
+                 "--label-map", str(tmp_path / "map.json")]) == 0
+    for case, labels in truth.items():  # the same grid: nearest neighbour gives the map back exactly
+        np.testing.assert_array_equal(load_volume(tmp_path / "out" / "labels" / f"{case}.nii.gz").array, labels)
+
+    config = config_from_dict({
+        "data": {"dataset": "folder", "root": str(tmp_path / "out"), "image_size": 32},
+        "model": {"name": "PRDiT-T/6/0", "condition": {"labels": ["body", "lung", "bone"], "attributes": ["body_diameter_mm"]}},
+    }, "test config")
+    train, _ = build_datasets(config.data, condition=config.model.condition)
+    batch = next(iter(DataLoader(train, batch_size=2)))
+    assert batch["x0"].shape == batch["labels"].shape == (2, 1, 32, 32, 32) and batch["attributes"].shape == (2, 1)
+    for i in range(2):
+        case = train.paths[i].name.removesuffix(".nii.gz")
+        np.testing.assert_array_equal(batch["labels"][i, 0].numpy(), truth[case])
+        diameter = effective_diameter_mm(truth[case] > 0, spacing)
+        assert batch["attributes"][i, 0].item() == pytest.approx((diameter - 300.0) / 30.0, abs=1e-5)

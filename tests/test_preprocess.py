@@ -274,3 +274,74 @@ def test_rad_resampling_uses_the_file_spacing(tmp_path):
     assert volume.spacing == (1.0, 1.0, 1.0)
     x, y, z = _lps_points(volume)
     np.testing.assert_allclose(volume.array, ramp_hu(x, y, z), atol=0.5)  # the whole cube lies inside the scan
+
+
+# --- label maps (--labels DIR) ----------------------------------------------------------------------------------
+
+
+def _labels_of(shape, seed=0):
+    """Blocky integer labels (prdit values 0-7): every voxel differs from most of its neighbours' blocks."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 8, size=[(n + 1) // 2 for n in shape])
+    return np.kron(coarse, np.ones((2, 2, 2), dtype=np.int64))[: shape[0], : shape[1], : shape[2]].astype(np.uint8)
+
+
+def test_rad_labels_follow_the_source_grid_crop_and_a_resampling(tmp_path):
+    from prdit.data.label_maps import LabelOptions
+
+    src, seg = tmp_path / "rad", tmp_path / "seg"
+    src.mkdir()
+    seg.mkdir()
+    big = _write_npz(src / "trn00001.npz", (20, 24, 24))
+    labels = _labels_of(big.shape)
+    np.savez_compressed(seg / "trn00001.npz", labels=labels)  # RAD-ChestCT arrays: the scan's own axis order
+    labelled = LabelOptions(str(seg))
+    options = PreprocessOptions(size=16, spacing=None, percentile=99.5, labels=labelled)
+    summary = preprocess_rad(src, tmp_path / "out", options, progress=False)
+    assert summary.ok == 1, summary.reasons
+    written = load_volume(tmp_path / "out" / "labels" / "trn00001.nii.gz")
+    np.testing.assert_array_equal(written.array, labels[2:18, 4:20, 4:20])  # the volume's centre crop, exactly
+    np.testing.assert_array_equal(written.affine, load_volume(tmp_path / "out" / "volumes" / "trn00001.nii.gz").affine)
+    # resampled to 0.4 mm and average-pooled by 2: the pooled voxels' centres are the source voxels' centres again,
+    # so the label map is the same crop (the labels are resampled onto the pooled grid, never averaged)
+    pooled = preprocess_rad(src, tmp_path / "pooled", replace(options, spacing=0.4, size=32, pool=2), progress=False)
+    assert pooled.ok == 1, pooled.reasons
+    coarse = load_volume(tmp_path / "pooled" / "labels" / "trn00001.nii.gz")
+    assert coarse.array.shape == load_volume(tmp_path / "pooled" / "volumes" / "trn00001.nii.gz").array.shape == (16, 16, 16)
+    np.testing.assert_array_equal(coarse.array, labels[2:18, 4:20, 4:20])
+    # at 1.2 mm every output voxel takes the label of a source voxel within half a source voxel of its centre
+    resampled = preprocess_rad(src, tmp_path / "coarse", replace(options, spacing=1.2, size=12), progress=False)
+    assert resampled.ok == 1, resampled.reasons
+    got = load_volume(tmp_path / "coarse" / "labels" / "trn00001.nii.gz")
+    centres = (np.arange(12) - 5.5) * 1.2  # mm from the scan centre, every axis
+    index = [np.rint(centres / 0.8 + (n - 1) / 2).astype(int) for n in labels.shape]  # the nearest source voxel
+    np.testing.assert_array_equal(got.array, labels[np.ix_(*index)])
+    # a label array of another shape covers another region (no geometry to resample by): the case is refused
+    np.savez_compressed(seg / "trn00001.npz", labels=labels[:10])
+    refused = preprocess_rad(src, tmp_path / "refused", options, progress=False)
+    assert refused.ok == 0 and "trn00001.npz: label map covers LPS" in refused.reasons[0]
+
+
+def test_lidc_labels_land_on_their_world_position(tmp_path):
+    import nibabel as nib
+
+    from prdit.data.label_maps import LabelOptions
+
+    hu, origin = ramp_volume()  # [16, 32, 32] at (2.5, 0.7, 0.7) mm
+    write_series(tmp_path / "src" / "p1", hu, origin=origin, row_direction=-1.0)  # stored right-to-left
+    # the label map as a NIfTI of the series (RAS affine, as dcm2niix and TotalSegmentator write): a box of heart (4)
+    d, h, w = hu.shape
+    z, y, x = np.meshgrid(*(np.arange(n) * s + o for n, s, o in zip(hu.shape, (2.5, 0.7, 0.7), origin[::-1])), indexing="ij")
+    box = (x > -3) & (x < 6) & (y > -8) & (y < 2) & (z > -9) & (z < 9)
+    affine = np.diag([-0.7, -0.7, 2.5, 1.0])
+    affine[:3, 3] = [-origin[0], -origin[1], origin[2]]
+    (tmp_path / "seg").mkdir()
+    nib.save(nib.Nifti1Image(np.transpose(box * 4, (2, 1, 0)).astype(np.uint8), affine), str(tmp_path / "seg" / "PAT-0001.nii.gz"))
+    summary = preprocess_lidc(tmp_path / "src", tmp_path / "out", replace(SMALL, labels=LabelOptions(str(tmp_path / "seg"))),
+                              progress=False)
+    assert summary.ok == 1, summary.reasons
+    labels = load_volume(tmp_path / "out" / "labels" / "PAT-0001.nii.gz")
+    px, py, pz = _lps_points(labels)
+    inside = (px > -3 + 0.4) & (px < 6 - 0.4) & (py > -8 + 0.4) & (py < 2 - 0.4) & (pz > -9 + 1.3) & (pz < 9 - 1.3)
+    outside = (px < -3 - 0.4) | (px > 6 + 0.4) | (py < -8 - 0.4) | (py > 2 + 0.4) | (pz < -9 - 1.3) | (pz > 9 + 1.3)
+    assert inside.sum() > 500 and (labels.array[inside] == 4).all() and (labels.array[outside] == 0).all()

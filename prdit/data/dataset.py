@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from prdit.config import ConditionConfig, DataConfig
-from prdit.data.conditions import ATTRIBUTES, LABELS_DIR, check_attribute_names, LABELS_FILE, label_path, measure_attributes, read_label_names
+from prdit.data.conditions import ATTRIBUTES, LABELS_DIR, LABELS_FILE, check_attribute_names, label_path, measure_attributes, read_label_names
 from prdit.data.intensity import IntensityMapping
 from prdit.data.phantom import write_phantom_dataset
 from prdit.data.sources import resolve_splits

@@ -344,7 +344,7 @@ TRAINING_STEP_PROBE = r"""
 import json, sys
 from pathlib import Path
 import torch
-from benchmarks.common import rss_growth_of
+from benchmarks.common import proc_status_bytes, rss_growth_of
 from prdit.config import config_from_dict
 from prdit.diffusion import create_diffusion
 from prdit.runtime import autocast_for
@@ -372,20 +372,28 @@ def step():
     update_ema(ema, model, 0.999)
 
 step()  # AdamW creates its state in the first step; the second is what every later step looks like
-print(json.dumps(rss_growth_of(step)))
+growth = rss_growth_of(step)  # resets VmHWM first: the peak read next is the second step's
+print(json.dumps({"growth": growth, "peak": proc_status_bytes("VmHWM")}))
 """
 
 
-def training_step_memory(name: str, size: int, batch: int, precision: str = "fp32", checkpointing: bool = False,
-                         stride: int | None = None) -> int:
-    """Peak-RSS growth of a real training step (the trainer's model, EMA and fused AdamW, IaN loss, clipping) in a
-    fresh process, measured on the second step: what every step adds once AdamW's state exists."""
+def training_step_peaks(name: str, size: int, batch: int, precision: str = "fp32", checkpointing: bool = False,
+                        stride: int | None = None) -> dict[str, int]:
+    """A real training step (the trainer's model, EMA and fused AdamW, IaN loss, clipping) in a fresh process,
+    measured on the second step, once AdamW's state exists: ``growth``, its peak-RSS growth (what every step adds),
+    and ``peak``, the whole process's peak RSS during it (runtime, model, EMA, AdamW state and batch included)."""
     config = (name, size, batch, precision, checkpointing, stride)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run([sys.executable, "-c", TRAINING_STEP_PROBE, json.dumps(config)], capture_output=True, text=True, env=env)
     if done.returncode:
         raise RuntimeError(f"probe {config} failed:\n{done.stderr[-2000:]}")
-    return int(done.stdout.strip().splitlines()[-1])
+    return {key: int(value) for key, value in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+
+
+def training_step_memory(name: str, size: int, batch: int, precision: str = "fp32", checkpointing: bool = False,
+                         stride: int | None = None) -> int:
+    """The peak-RSS growth of :func:`training_step_peaks`."""
+    return training_step_peaks(name, size, batch, precision, checkpointing, stride)["growth"]
 
 
 def matmul_peak_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int | None = None,

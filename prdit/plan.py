@@ -24,6 +24,7 @@ import torch
 
 from prdit.errors import ConfigError
 from prdit.models import create_model
+from prdit.models.local_denoiser import CHECKPOINT_CHUNKS
 
 GIB = 2**30
 GPU_RESERVE_BYTES = 1.5 * GIB  # CUDA context, cuBLAS/cuDNN workspaces and allocator fragmentation, per GPU
@@ -32,11 +33,15 @@ GPU_RESERVE_BYTES = 1.5 * GIB  # CUDA context, cuBLAS/cuDNN workspaces and alloc
 # 2.13). Under bf16 the saved matmul inputs and outputs are bf16, the norms' fp32.
 DIT_BLOCK_BYTES = {"fp32": 80, "bf16": 57}  # per token and unit of the DiT width H (20 fp32 values)
 PATCH_FINAL_VALUES = 11  # fp32 values per token and unit of H: patch embedding (4H MLP) and final layer
-LOCAL_DENOISER_VALUES = {"fp32": 15.3, "bf16": 8.0}  # per token and raw token value D = C P^3, when it trains
+# Per token and raw token value D = C P^3, when it trains; checkpointed, its forward keeps only the tokens (1 value).
+LOCAL_DENOISER_VALUES = {"fp32": 15.3, "bf16": 8.0}
 # Gradients alive during the backward pass (of one block's activations, and of the output volumes as it starts):
 # the one coefficient fitted to a measured peak (PRDiT-S/12/4, 64^3, batch 2; the other configurations of
 # benchmarks/bench_plan.py check it).
 BACKWARD_VALUES = 16  # fp32 values per token and unit of H
+# The same for stage 1, per token and raw token value D, fitted to PRDiT-B/12/0 at 128^3, batch 1 (4096 tokens,
+# where its activations outweigh its gradients; the other stage-1 configurations check it).
+LOCAL_BACKWARD_VALUES = 6
 VOLUME_VALUES = 12  # fp32 values per voxel and sample: the clean volume, noise, x_t, both heads, targets, loss terms
 
 
@@ -134,7 +139,7 @@ def plan_memory(model: str, size: int, batch: int, gpus: int = 1, parallel: str 
         communication = float((2 if bf16 else 4) * 2 * max(units) + 4 * max(units))
     else:
         communication = 4 * trainable if gpus > 1 else 0.0  # DDP's buckets hold a second copy of the gradients
-    weight_copies = 2 * total if bf16 else 0.0
+    weight_copies = 2.0 * total if bf16 else 0.0
 
     block = DIT_BLOCK_BYTES[precision] * hidden
     per_token = 4.0 * out_values  # the tokens' output blocks
@@ -145,9 +150,12 @@ def plan_memory(model: str, size: int, batch: int, gpus: int = 1, parallel: str 
         per_token += depth * kept + recomputed + rest
         tail = batch * tokens * (block + rest) + 4 * arch.largest_weight
     else:  # stage 1: the local denoiser trains (stage 2 runs it frozen, under no_grad, and keeps nothing)
-        # checkpointing recomputes its two MLPs as one region over all tokens: the peak barely moves
-        per_token += 4 * LOCAL_DENOISER_VALUES[precision] * token_dim
-        tail = 4 * arch.largest_weight  # the last weight gradient, computed beside the finished ones
+        saved = 4 * LOCAL_DENOISER_VALUES[precision] * token_dim
+        # checkpointed: the forward keeps only the tokens, and the backward rebuilds one token group at a time
+        kept = 4 * token_dim if checkpointing else saved
+        recomputed = saved / CHECKPOINT_CHUNKS if checkpointing else 0.0
+        per_token += kept + recomputed + 4 * LOCAL_BACKWARD_VALUES * token_dim
+        tail = batch * tokens * recomputed + 4 * arch.largest_weight  # and the last weight gradient's
     activations = batch * (tokens * per_token + 4 * VOLUME_VALUES * size**3)
     return MemoryPlan(model, size, batch, gpus, parallel, checkpointing, precision, tokens, total, trainable, weights,
                       ema, gradients, optimizer, communication, weight_copies, activations, tail)

@@ -141,7 +141,7 @@ def plan_memory(model: str, size: int, batch: int, gpus: int = 1, parallel: str 
         communication = 4 * trainable if gpus > 1 else 0.0  # DDP's buckets hold a second copy of the gradients
     weight_copies = 2.0 * total if bf16 else 0.0
 
-    block = DIT_BLOCK_BYTES[precision] * hidden
+    block = float(DIT_BLOCK_BYTES[precision] * hidden)
     per_token = 4.0 * out_values  # the tokens' output blocks
     if depth:
         kept = 4 * hidden if checkpointing else block  # checkpointed: only each block's input

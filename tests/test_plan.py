@@ -1,6 +1,7 @@
 """prdit plan: exact parameter counts, what sharding and checkpointing change, the largest batch that fits."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,3 +98,13 @@ def test_the_command_prints_every_mode_and_checks_its_input(capsys):
     assert [(r["parallel"], r["checkpointing"]) for r in rows] == [("ddp", False), ("ddp", True), ("fsdp", False), ("fsdp", True)]
     with pytest.raises(ConfigError):
         plan_memory("PRDiT-B/12/4", 128, 0)
+
+
+def test_the_documented_plan_is_the_commands_output(capsys):
+    """docs/training.md shows the real output of its `prdit plan` example (the plan's numbers move with the code)."""
+    command = "prdit plan --model PRDiT-XL/12/4 --size 256 --batch 2 --gpus 8 --gpu-mem 80"
+    page = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    after = page.split(f"```bash\n{command}\n```", 1)[1]
+    documented = after.split("```text\n", 1)[1].split("```", 1)[0]
+    assert main(command.split()[1:]) == 0
+    assert capsys.readouterr().out == documented

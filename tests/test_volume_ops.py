@@ -1,6 +1,6 @@
 import numpy as np
 
-from prdit.data.volume_ops import average_pool, body_center, crop_or_pad, largest_component
+from prdit.data.volume_ops import average_pool, body_center, crop_or_pad, filled_body, largest_component
 
 
 def test_average_pool_matches_block_means():
@@ -36,3 +36,12 @@ def test_largest_component_keeps_the_biggest_region_only():
     body = largest_component(mask)
     assert body.sum() == 36 and body[7, 7, 6] and not body[2, 2, 2] and not body[0, 9, 9]
     assert not largest_component(np.zeros((4, 4, 4), dtype=bool)).any()
+
+
+def test_filled_body_fills_the_lungs_and_drops_the_table():
+    hu = np.full((6, 20, 20), -1000.0, dtype=np.float32)
+    hu[:, 2:14, 2:18] = 40.0  # the body
+    hu[:, 5:11, 5:9] = -850.0  # a lung: enclosed in every axial slice
+    hu[:, 17:19, :] = 100.0  # the table, a separate region
+    body = filled_body(hu)
+    assert body[:, 2:14, 2:18].all() and body.sum() == 6 * 12 * 16 and not body[:, 17:19].any()

@@ -45,7 +45,7 @@ import numpy as np
 
 from prdit.data.conditions import LABELS_DIR, LABELS_FILE, PHANTOM_LABELS
 from prdit.data.rad_chestct import read_rad_labels
-from prdit.data.volume_ops import largest_component
+from prdit.data.volume_ops import filled_body
 from prdit.errors import DataError
 from prdit.hu import BODY_THRESHOLD_HU
 from prdit.io import atomic_write_text, save_nifti, volume_stem
@@ -295,15 +295,6 @@ def resample_labels(image, shape_zyx, spacing_zyx, origin_lps) -> np.ndarray:
         (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), 0, sitk.sitkUInt8,
     )
     return sitk.GetArrayFromImage(resampled)
-
-
-def filled_body(hu: np.ndarray) -> np.ndarray:
-    """The body of a HU volume: largest connected region above -500 HU, holes filled in each axial slice
-    (the body of :func:`prdit.evaluation.anatomy.body_and_lung_masks`)."""
-    from scipy import ndimage
-
-    body = largest_component(hu > BODY_THRESHOLD_HU)
-    return np.stack([ndimage.binary_fill_holes(axial) for axial in body])
 
 
 @dataclass

@@ -49,6 +49,14 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
 
 
+def filled_body(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """The body of a HU volume ``[z, y, x]``: its :func:`largest_component` above ``threshold``, holes (the lungs,
+    airways) filled in each axial slice."""
+    from scipy import ndimage
+
+    return np.stack([ndimage.binary_fill_holes(axial) for axial in largest_component(hu > threshold)])
+
+
 def body_center(hu: np.ndarray, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
     """Centre [z, y, x] (index units) of the bounding box of the largest connected region above ``threshold``
     (:func:`largest_component`); falls back to the array centre."""

@@ -21,7 +21,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from prdit.data.volume_ops import largest_component
+from prdit.data.volume_ops import filled_body
 from prdit.hu import BODY_THRESHOLD_HU, TISSUE_BANDS_HU
 
 # Fractions are of all voxels in the field of view (air outside the body included).
@@ -50,10 +50,8 @@ FEATURES: dict[str, tuple[str, str]] = {
 
 def body_and_lung_masks(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boolean body (filled) and lung masks of one HU volume ``[z, y, x]``."""
-    dense = volume > BODY_THRESHOLD_HU
-    body = largest_component(dense)
-    filled = np.stack([ndimage.binary_fill_holes(axial) for axial in body])
-    return filled, filled & ~dense
+    filled = filled_body(volume)
+    return filled, filled & ~(volume > BODY_THRESHOLD_HU)
 
 
 def _mean(values: np.ndarray) -> float:

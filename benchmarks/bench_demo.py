@@ -48,6 +48,7 @@ def main() -> None:
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     runs = {}
+    load_at_start = os.getloadavg()[0]
     for precision in args.precisions:
         folder = (Path(args.work) / precision).resolve()
         folder.mkdir(parents=True, exist_ok=True)
@@ -59,8 +60,13 @@ def main() -> None:
         print(f"[bench_demo] started {' '.join(command)} (log {folder / 'demo.log'})", flush=True)
 
     results = {}
-    for precision, (process, started, log) in runs.items():
-        _, status, usage = os.wait4(process.pid, 0)
+    by_pid = {process.pid: precision for precision, (process, _, _) in runs.items()}
+    while by_pid:  # whichever run ends first: its wall time is its own, not the time until the others end
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in by_pid:
+            continue
+        precision = by_pid.pop(pid)
+        _, started, log = runs[precision]
         wall = time.perf_counter() - started
         log.close()
         if os.waitstatus_to_exitcode(status) != 0:
@@ -71,7 +77,7 @@ def main() -> None:
         print(f"[bench_demo] {precision}: {json.dumps(results[precision])}", flush=True)
 
     payload = {"what": "the whole demo (prdit demo) at each precision, run side by side", "machine": machine(),
-               "threads_per_run": args.threads, "plan": "quick" if args.quick else "default", "results": results}
+               "load_average_start_end": [round(load_at_start, 1), round(os.getloadavg()[0], 1)], "threads_per_run": args.threads, "plan": "quick" if args.quick else "default", "results": results}
     if "fp32" in results and len(results) > 1:
         other = next(p for p in results if p != "fp32")
         payload["speedup_over_fp32"] = {key: round(results["fp32"][key] / results[other][key], 2) for key in ("wall_s", "cpu_s")}

@@ -32,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_demo(args: argparse.Namespace) -> None:
     from prdit.demo import run_demo
-    from prdit.runtime import configure_cpu_threads
+    from prdit.runtime import configure_cpu_threads, keep_freed_memory
 
     print(f"[demo] {configure_cpu_threads()}", flush=True)
+    keep_freed_memory()
     run_demo(args.out, quick=args.quick, train_full=args.train_full, device=args.device, progress=args.progress,
              overwrite=args.overwrite, precision=args.precision)

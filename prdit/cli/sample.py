@@ -77,11 +77,12 @@ def _pick(args: argparse.Namespace, name: str, alias: str, default: int) -> int:
 
 
 def _run_sample(args: argparse.Namespace) -> None:
-    from prdit.runtime import configure_cpu_threads, describe_precision
+    from prdit.runtime import configure_cpu_threads, describe_precision, keep_freed_memory
     from prdit.sample import load_pipeline, sample_to_folder, write_grid
     from prdit.train.distributed import barrier, setup_distributed, teardown_distributed
 
     configure_cpu_threads()
+    keep_freed_memory()
 
     if args.pretrained is not None:
         if args.ckpt is not None or args.config is not None:

@@ -43,10 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> None:
     from prdit.config import load_config
-    from prdit.runtime import configure_cpu_threads
+    from prdit.runtime import configure_cpu_threads, keep_freed_memory
     from prdit.train.trainer import TrainOptions, train
 
     configure_cpu_threads()
+    keep_freed_memory()
     options = TrainOptions(resume=args.resume, debug=args.debug, from_scratch=args.from_scratch, init_from=args.init_from,
                            run_dir=args.run_dir, progress=args.progress, allow_config_change=args.allow_config_change)
     config = load_config(args.config, args.overrides)

@@ -111,7 +111,7 @@ def enable_tf32(device: torch.device | str, enabled: bool = True) -> None:
 # glibc's malloc gives every freed block above its mmap threshold back to the OS, and the next training step faults
 # the same pages in again. In the demo's stage 2 at bf16 (autocast makes and frees bf16 copies of weights and
 # activations every step) that was 34 ms of system time in a 0.235 s step; with freed memory kept in the heap it is
-# 0.7 ms (fp32: 3 ms -> 1 ms), at the same peak RSS (benchmarks/README.md, "Precision").
+# 0.7 ms (fp32: 3 ms -> 1 ms), at the same peak RSS (docs/training.md, "Precision").
 FREED_MEMORY_KEPT_BYTES = 2**30  # blocks up to 1 GiB come from (and go back to) the heap, which is not trimmed below it
 
 

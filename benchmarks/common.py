@@ -11,6 +11,8 @@ Compared models (``MODEL_KINDS``), all trained on the same [B, 1, D, H, W] volum
 
 ``build_bench`` also takes ``unet-ian``: the same U-Net with two output channels trained with PRDiT's IaN loss
 (and sampled with its samplers), which separates the network from the training objective in the quality study.
+``ConditionalUNet`` is its conditional version (label one-hot channels beside the noisy input), the baseline of
+``bench_conditional --part baseline``.
 
 Memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) over the first steps; on CPU the
 peak-RSS growth (VmHWM, reset through /proc/self/clear_refs) over the first step of a model built in a fresh
@@ -107,7 +109,7 @@ class PlainDiT(nn.Module):
 class UNetDDPM(nn.Module):
     """MONAI ``DiffusionModelUNet`` (3D) trained with DDPM noise prediction, as a MONAI user would."""
 
-    def __init__(self, base: int, grad_checkpoint: bool = False, out_channels: int = 1) -> None:
+    def __init__(self, base: int, grad_checkpoint: bool = False, out_channels: int = 1, in_channels: int = 1) -> None:
         super().__init__()
         from monai.networks.nets import DiffusionModelUNet
         from monai.networks.schedulers import DDPMScheduler
@@ -115,7 +117,7 @@ class UNetDDPM(nn.Module):
         if grad_checkpoint:
             raise ValueError("MONAI's DiffusionModelUNet has no activation-checkpointing option")
         self.net = DiffusionModelUNet(
-            spatial_dims=3, in_channels=1, out_channels=out_channels, channels=unet_channels(base), num_res_blocks=2,
+            spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=unet_channels(base), num_res_blocks=2,
             attention_levels=(False, False, False, True), norm_num_groups=math.gcd(base, 32), num_head_channels=base,
             use_flash_attention=torch.cuda.is_available(),
         )
@@ -128,6 +130,28 @@ class UNetDDPM(nn.Module):
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         t = torch.randint(0, 1000, (x0.shape[0],), generator=generator, device=x0.device)
         return F.mse_loss(self(self.scheduler.add_noise(x0, noise, t), t).float(), noise)
+
+
+class ConditionalUNet(nn.Module):
+    """The U-Net with a label map's one-hot channels concatenated to the noisy volume (the usual MONAI way to
+    condition on a mask), outputs [eps_hat, x0_hat] for PRDiT's IaN loss and samplers.
+
+    Called ``model(x, t, condition=...)`` like a conditional PRDiT, so prdit's condition dropout, classifier-free
+    guidance (:class:`prdit.models.GuidedModel`) and samplers take it unchanged; a dropped label map is all-zero
+    channels, as in PRDiT. It takes no attributes (MONAI's U-Net has class embeddings, not continuous ones).
+    """
+
+    def __init__(self, base: int, label_channels: int) -> None:
+        super().__init__()
+        self.in_channels, self.label_channels = 1, label_channels  # in_channels: the noise, as PRDiT's (the Pipeline draws it)
+        self.name = f"MONAI-DiffusionModelUNet-{base}-cond"
+        self.unet = UNetDDPM(base, out_channels=2, in_channels=1 + label_channels)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, condition=None) -> torch.Tensor:
+        labels = None if condition is None else condition.labels
+        if labels is None:
+            labels = x.new_zeros((x.shape[0], self.label_channels, *x.shape[2:]))
+        return self.unet(torch.cat([x, labels.to(x.dtype)], dim=1), t)
 
 
 def unet_channels(base: int) -> tuple[int, ...]:

@@ -109,7 +109,7 @@ def picture(path: Path, masks: np.ndarray, real: np.ndarray, rows: list[tuple[st
 
     shown = min(3, len(masks))
     columns = [("real phantom\n(its own mask)", real)] + rows
-    figure, axes = plt.subplots(2 * shown, len(columns), figsize=(1.9 * len(columns), 2.0 * 2 * shown + 0.9), squeeze=False)
+    figure, axes = plt.subplots(2 * shown, len(columns), figsize=(1.65 * len(columns) + 0.6, 1.65 * 2 * shown + 0.7), squeeze=False)
     image = None
     for i in range(shown):
         wanted = condition_tissues(masks[i])
@@ -131,11 +131,11 @@ def picture(path: Path, masks: np.ndarray, real: np.ndarray, rows: list[tuple[st
                 if j == 0:
                     axis.set_ylabel(f"mask {i + 1}, {view}", fontsize=8)
     legend = [Line2D([], [], color=colour, label=f"condition {tissue}") for tissue, colour in CONTOURS]
-    figure.legend(handles=legend, loc="lower center", ncol=3, fontsize=8, frameon=False)
     figure.suptitle(f"{title}\ncondition contours over the generated volume's middle slices; window {WINDOW[0]}..{WINDOW[1]} HU",
                     fontsize=9)
-    figure.tight_layout(rect=(0, 0.06, 0.93, 1))
-    bar = figure.add_axes((0.94, 0.25, 0.015, 0.5))
+    figure.tight_layout(rect=(0, 0.025, 0.92, 1), h_pad=0.4, w_pad=0.3)
+    figure.legend(handles=legend, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.46, 0.0))
+    bar = figure.add_axes((0.93, 0.3, 0.012, 0.4))
     figure.colorbar(image, cax=bar).set_label("HU", fontsize=8)
     bar.tick_params(labelsize=7)
     figure.savefig(path, dpi=110)
@@ -247,9 +247,10 @@ def baseline_results(args, config, unet_path: Path, started: float) -> None:
     real, masks, spacing = held_out(args.masks, config.data.image_size)
     contenders = [("unet", unet, {"checkpoint": str(unet_path), "training": unet_training,
                                   "description": "MONAI DiffusionModelUNet, label one-hot channels concatenated to the input, IaN loss"})]
-    if args.scratch:
-        contenders.append(("prdit_scratch", load_pipeline(args.scratch, device="cpu"), {
-            "checkpoint": args.scratch, "training": scratch_training(Path(args.scratch), args.scratch_cpu_seconds),
+    for path, cpu in zip(args.scratch, args.scratch_cpu_seconds + [None] * len(args.scratch)):
+        training = scratch_training(Path(path), cpu)
+        contenders.append((f"prdit_scratch_step_{training['step']}", load_pipeline(path, device="cpu"), {
+            "checkpoint": path, "training": training,
             "description": f"{config.model.name} trained from scratch with the same recipe (prdit train --from_scratch)"}))
     shipped = str(pretrained_weights("phantom-mask"))
     contenders.append(("prdit_shipped", load_pipeline(shipped, device="cpu"), {
@@ -294,10 +295,10 @@ def main() -> None:
     parser.add_argument("--ckpt-every", type=int, default=50, help="baseline: U-Net checkpoint every N steps")
     parser.add_argument("--train-only", action="store_true", help="baseline: train, do not evaluate")
     parser.add_argument("--unet-ckpt", default=None, help="baseline: evaluate this U-Net checkpoint instead of training one")
-    parser.add_argument("--scratch", default=None, help="baseline: a conditional PRDiT trained from scratch with --config "
-                        "for the same minutes (prdit train ... --from_scratch), compared at equal compute")
-    parser.add_argument("--scratch-cpu-seconds", type=float, default=None, help="baseline: the CPU seconds --scratch's "
-                        "training used (measured outside, e.g. from /proc; recorded as given)")
+    parser.add_argument("--scratch", nargs="*", default=[], help="baseline: checkpoints of a conditional PRDiT trained from "
+                        "scratch with --config beside the U-Net (prdit train ... --from_scratch), e.g. at equal time and equal steps")
+    parser.add_argument("--scratch-cpu-seconds", type=float, nargs="*", default=[], help="baseline: the CPU seconds each "
+                        "--scratch checkpoint's training used (measured outside, e.g. from /proc; recorded as given)")
     parser.add_argument("--name", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(1)

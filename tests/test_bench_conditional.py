@@ -69,3 +69,12 @@ def test_baseline_trains_and_compares_at_tiny_sizes(tmp_path, monkeypatch) -> No
         assert np.isfinite([found["hu_w1"], found["fid"], found["mmd"], found["diversity_ms_ssim_same_mask"]]).all()
     # three untrained steps cannot follow a mask; the shipped model does
     assert shipped["by_guidance"]["1.0"]["dice"]["lung"]["mean"] > unet["by_guidance"]["1.0"]["dice"]["lung"]["mean"]
+
+
+def test_scratch_training_reads_steps_and_wall_time_from_the_run_log(tmp_path) -> None:
+    checkpoint = tmp_path / "checkpoints" / "step-0000100.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"step": 100}, checkpoint)
+    records = [{"step": 50, "steps_per_s": 1.0}, {"step": 100, "steps_per_s": 0.5}, {"step": 100, "skipped_step": True}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert bench.scratch_training(checkpoint, 12.5) == {"step": 100, "wall_seconds": 200.0, "cpu_seconds": 12.5}

@@ -147,7 +147,7 @@ def train_baseline(config, minutes: float, out_dir: Path, every: int, device: st
     conditional PRDiT with ``config``: its data and label maps, batch stream, condition dropout, IaN loss, AdamW,
     LR schedule, gradient clipping, EMA and precision; for ``minutes`` of wall time (or ``training.total_steps``).
 
-    Writes the EMA weights every ``every`` steps and at the end as ``out_dir/unet-step-NNNNNNN.pt`` with the
+    Writes the EMA and the raw weights every ``every`` steps and at the end as ``out_dir/unet-step-NNNNNNN.pt`` with the
     steps, wall and CPU seconds reached, and ``out_dir/log.jsonl``; returns the last checkpoint."""
     from torch.utils.data import DataLoader
 
@@ -201,7 +201,7 @@ def train_baseline(config, minutes: float, out_dir: Path, every: int, device: st
                 log.flush()
             if done % every == 0 or finished:
                 last = out_dir / f"unet-step-{done:07d}.pt"
-                state = {"ema": ema.state_dict(), "step": done, "wall_seconds": wall, "cpu_seconds": cpu, **meta}
+                state = {"ema": ema.state_dict(), "model": model.state_dict(), "step": done, "wall_seconds": wall, "cpu_seconds": cpu, **meta}
                 atomic_write_bytes(last, serialise(state))
             if finished:
                 break
@@ -209,7 +209,7 @@ def train_baseline(config, minutes: float, out_dir: Path, every: int, device: st
     return last
 
 
-def unet_pipeline(path: Path, config):
+def unet_pipeline(path: Path, config, weights: str = "ema"):
     """A :class:`prdit.sample.Pipeline` around a U-Net checkpoint of :func:`train_baseline`: the same sampler,
     precision, seeds, guidance and HU mapping as a PRDiT pipeline."""
     from benchmarks.common import ConditionalUNet
@@ -220,13 +220,14 @@ def unet_pipeline(path: Path, config):
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = ConditionalUNet(state["base"], len(state["label_values"]))
-    model.load_state_dict(state["ema"])
+    model.load_state_dict(state[weights])
     model.eval().requires_grad_(False)
     size = config.data.image_size
     _, _, spacing = held_out(1, size)
     pipeline = Pipeline(model=model, diffusion=create_diffusion(config.diffusion), mapping=mapping_from_config(config.data),  # type: ignore[arg-type]
                         spacing=spacing, input_size=size, device=torch.device("cpu"), checkpoint=path,
-                        checkpoint_sha256=sha256_file(path), condition_spec={"labels": state["label_values"], "attributes": []})
+                        checkpoint_sha256=sha256_file(path), weights=weights,
+                        condition_spec={"labels": state["label_values"], "attributes": []})
     training = {k: state[k] for k in ("step", "wall_seconds", "cpu_seconds", "batch", "precision", "unet_params", "prdit_params", "base")}
     return pipeline, training
 
@@ -240,22 +241,27 @@ def scratch_training(path: Path, cpu_seconds: float | None) -> dict:
     return {"step": step, "wall_seconds": step / records[-1]["steps_per_s"] if records else None, "cpu_seconds": cpu_seconds}
 
 
-def baseline_results(args, config, unet_path: Path, started: float) -> None:
+def baseline_results(args, config, unet_path: Path | None, started: float) -> None:
     """The U-Net, the from-scratch PRDiT (``--scratch``) and the shipped fine-tuned PRDiT on the held-out masks:
     Dice, realism and same-mask diversity at each ``--guidance``; writes ``conditional_<name>_baseline.json``."""
-    unet, unet_training = unet_pipeline(unet_path, config)
     real, masks, spacing = held_out(args.masks, config.data.image_size)
-    contenders = [("unet", unet, {"checkpoint": str(unet_path), "training": unet_training,
-                                  "description": "MONAI DiffusionModelUNet, label one-hot channels concatenated to the input, IaN loss"})]
-    for path, cpu in zip(args.scratch, args.scratch_cpu_seconds + [None] * len(args.scratch)):
-        training = scratch_training(Path(path), cpu)
-        contenders.append((f"prdit_scratch_step_{training['step']}", load_pipeline(path, device="cpu"), {
-            "checkpoint": path, "training": training,
-            "description": f"{config.model.name} trained from scratch with the same recipe (prdit train --from_scratch)"}))
-    shipped = str(pretrained_weights("phantom-mask"))
-    contenders.append(("prdit_shipped", load_pipeline(shipped, device="cpu"), {
-        "checkpoint": shipped, "description": "the shipped phantom-mask model: 1200 fine-tuning steps on top of the "
-        "unconditional phantom-32 model's pre-training (more compute than the others)"}))
+    contenders = []
+    for weights in args.weights:  # the recipe's EMA lags far behind in short runs (decay 0.998, no warm-up): raw too
+        if unet_path is not None:
+            unet, unet_training = unet_pipeline(unet_path, config, weights)
+            contenders.append((f"unet_{weights}", unet, {
+                "checkpoint": str(unet_path), "weights": weights, "training": unet_training,
+                "description": "MONAI DiffusionModelUNet, label one-hot channels concatenated to the input, IaN loss"}))
+        for path, cpu in zip(args.scratch, args.scratch_cpu_seconds + [None] * len(args.scratch)):
+            training = scratch_training(Path(path), cpu)
+            contenders.append((f"prdit_scratch_step_{training['step']}_{weights}", load_pipeline(path, device="cpu", use_ema=weights == "ema"), {
+                "checkpoint": path, "weights": weights, "training": training,
+                "description": f"{config.model.name} trained from scratch with the same recipe (prdit train --from_scratch)"}))
+    if not args.no_shipped:
+        shipped = str(pretrained_weights("phantom-mask"))
+        contenders.append(("prdit_shipped", load_pipeline(shipped, device="cpu"), {
+            "checkpoint": shipped, "description": "the shipped phantom-mask model: 1200 fine-tuning steps on top of the "
+            "unconditional phantom-32 model's pre-training (more compute than the others)"}))
     result: dict = {**protocol(args, real, masks, spacing), "config": args.config, "overrides": args.set,
                     "guidance": args.guidance, "contenders": {}}
     for key, pipeline, info in contenders:
@@ -264,6 +270,21 @@ def baseline_results(args, config, unet_path: Path, started: float) -> None:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"conditional_{args.name}_baseline.json"
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def merge_baselines(names: list[str], name: str) -> None:
+    """One baseline table from runs made as separate processes (on separate cores) with the same protocol."""
+    runs = [json.loads((RESULTS / f"conditional_{n}_baseline.json").read_text()) for n in names]
+    shared = ("masks", "held_out_seeds", "sampler", "steps", "guidance", "ceiling_real_phantoms", "floor_real_vs_real")
+    for other, n in zip(runs[1:], names[1:]):
+        differing = [k for k in shared if other[k] != runs[0][k]]
+        if differing:
+            raise SystemExit(f"error: conditional_{n}_baseline.json differs from {names[0]}'s in {', '.join(differing)}: not the same protocol")
+    merged = {**runs[0], "contenders": {k: v for run in runs for k, v in run["contenders"].items()}, "merged_from": names,
+              "minutes": max(run["minutes"] for run in runs)}
+    out = RESULTS / f"conditional_{name}_baseline.json"
+    atomic_write_text(out, json.dumps(merged, indent=2) + "\n")
     print(f"wrote {out}")
 
 
@@ -297,6 +318,12 @@ def main() -> None:
     parser.add_argument("--unet-ckpt", default=None, help="baseline: evaluate this U-Net checkpoint instead of training one")
     parser.add_argument("--scratch", nargs="*", default=[], help="baseline: checkpoints of a conditional PRDiT trained from "
                         "scratch with --config beside the U-Net (prdit train ... --from_scratch), e.g. at equal time and equal steps")
+    parser.add_argument("--no-unet", action="store_true", help="baseline: leave the U-Net out (compare --scratch only)")
+    parser.add_argument("--no-shipped", action="store_true", help="baseline: leave the shipped model out")
+    parser.add_argument("--merge", nargs="+", metavar="NAME", help="baseline: join the contenders of earlier runs' "
+                        "conditional_<NAME>_baseline.json (same masks and sampler) into conditional_<--name>_baseline.json")
+    parser.add_argument("--weights", nargs="+", choices=["ema", "model"], default=["ema"],
+                        help="baseline: the EMA and/or the raw weights of the U-Net and --scratch (the shipped model: EMA)")
     parser.add_argument("--scratch-cpu-seconds", type=float, nargs="*", default=[], help="baseline: the CPU seconds each "
                         "--scratch checkpoint's training used (measured outside, e.g. from /proc; recorded as given)")
     parser.add_argument("--name", default="cpu")
@@ -307,7 +334,12 @@ def main() -> None:
         from prdit.config import load_config
 
         config = load_config(args.config, args.set)
-        unet = Path(args.unet_ckpt) if args.unet_ckpt else train_baseline(config, args.minutes, Path(args.baseline_dir), args.ckpt_every)
+        if args.merge:
+            merge_baselines(args.merge, args.name)
+            return
+        unet = Path(args.unet_ckpt) if args.unet_ckpt else None
+        if unet is None and not args.no_unet:
+            unet = train_baseline(config, args.minutes, Path(args.baseline_dir), args.ckpt_every)
         if not args.train_only:
             baseline_results(args, config, unet, started)
         return

@@ -54,15 +54,16 @@ def test_baseline_trains_and_compares_at_tiny_sizes(tmp_path, monkeypatch) -> No
                  "training.total_steps=3", "logging.log_every=1"]
     monkeypatch.setattr(sys, "argv", ["bench_conditional", "--part", "baseline", "--set", *overrides, "--baseline-dir",
                                       str(tmp_path / "unet"), "--ckpt-every", "2", "--masks", "2", "--steps", "2",
-                                      "--guidance", "1", "--diversity-samples", "2", "--name", "tiny"])
+                                      "--guidance", "1", "--diversity-samples", "2", "--weights", "ema", "model",
+                                      "--name", "tiny"])
     bench.main()
     assert sorted(p.name for p in (tmp_path / "unet").glob("*.pt")) == ["unet-step-0000002.pt", "unet-step-0000003.pt"]
     log = [json.loads(line) for line in (tmp_path / "unet" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in log)
     result = json.loads((tmp_path / "results" / "conditional_tiny_baseline.json").read_text())
-    unet, shipped = result["contenders"]["unet"], result["contenders"]["prdit_shipped"]
+    unet, raw, shipped = (result["contenders"][k] for k in ("unet_ema", "unet_model", "prdit_shipped"))
     assert unet["training"]["step"] == 3 and unet["training"]["batch"] == 2
-    for contender in (unet, shipped):
+    for contender in (unet, raw, shipped):
         found = contender["by_guidance"]["1.0"]
         assert set(found["dice"]) == {"lung", "body", "bone"}
         assert all(0 <= v["mean"] <= 1 for v in found["dice"].values())
@@ -78,3 +79,17 @@ def test_scratch_training_reads_steps_and_wall_time_from_the_run_log(tmp_path) -
     records = [{"step": 50, "steps_per_s": 1.0}, {"step": 100, "steps_per_s": 0.5}, {"step": 100, "skipped_step": True}]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert bench.scratch_training(checkpoint, 12.5) == {"step": 100, "wall_seconds": 200.0, "cpu_seconds": 12.5}
+
+
+def test_merge_joins_contenders_of_one_protocol_and_refuses_two(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    shared = {"masks": 12, "held_out_seeds": [50000, 50011], "sampler": "ian-2m", "steps": 25, "guidance": [1.0],
+              "ceiling_real_phantoms": {}, "floor_real_vs_real": {}}
+    for name, key, minutes in (("a", "unet_ema", 3.0), ("b", "prdit_scratch_step_9_ema", 5.0)):
+        (tmp_path / f"conditional_{name}_baseline.json").write_text(json.dumps({**shared, "contenders": {key: {}}, "minutes": minutes}))
+    bench.merge_baselines(["a", "b"], "ab")
+    merged = json.loads((tmp_path / "conditional_ab_baseline.json").read_text())
+    assert sorted(merged["contenders"]) == ["prdit_scratch_step_9_ema", "unet_ema"] and merged["minutes"] == 5.0
+    (tmp_path / "conditional_c_baseline.json").write_text(json.dumps({**shared, "steps": 10, "contenders": {}, "minutes": 1.0}))
+    with pytest.raises(SystemExit, match="steps"):
+        bench.merge_baselines(["a", "c"], "ac")

@@ -14,6 +14,8 @@ from benchmarks.common import ConditionalUNet
 from prdit.models import GuidedModel
 from prdit.models.condition import Condition
 
+NEEDS_BENCH = "MONAI's DiffusionModelUNet needs einops: pip install -e '.[bench]'"
+
 
 def test_dice_is_twice_the_overlap_over_the_sizes() -> None:
     a = np.zeros((4, 4), bool)
@@ -27,6 +29,7 @@ def test_dice_is_twice_the_overlap_over_the_sizes() -> None:
 
 
 def test_conditional_unet_reads_the_label_channels_and_a_dropped_map_is_no_condition() -> None:
+    pytest.importorskip("einops", reason=NEEDS_BENCH)
     torch.manual_seed(0)
     model = ConditionalUNet(8, label_channels=3).eval()
     with torch.no_grad():  # MONAI starts its output convolution (and residual branches) at zero
@@ -49,6 +52,7 @@ def test_conditional_unet_reads_the_label_channels_and_a_dropped_map_is_no_condi
 
 @pytest.mark.slow
 def test_baseline_trains_and_compares_at_tiny_sizes(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("einops", reason=NEEDS_BENCH)
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     overrides = [f"data.root={tmp_path / 'data'}", "data.phantom.num=4", "model.name=PRDiT-T/6/0", "training.global_batch_size=2",
                  "training.total_steps=3", "logging.log_every=1"]

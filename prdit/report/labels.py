@@ -122,8 +122,9 @@ def recorded_mask(volume_path: Path, sidecar: dict, notes: list[str]) -> Path | 
                      "pass --labels FILE_OR_DIR to draw it")
         return None
     expected = condition.get("mask_sha256")
-    if expected and sha256_file(path) != expected:
-        message = (f"{volume_path.name}: {path} has changed since sampling (SHA256 {sha256_file(path)[:12]}…, the "
+    actual = sha256_file(path) if expected else ""
+    if expected and actual != expected:
+        message = (f"{volume_path.name}: {path} has changed since sampling (SHA256 {actual[:12]}…, the "
                    f"sidecar records {expected[:12]}…); its contours are not the mask this volume was sampled from")
         warnings.warn(message, stacklevel=2)
         notes.append("⚠ " + message)

@@ -192,7 +192,8 @@ def _finish(
     dtype = np.float32 if options.normalize == "paper" else np.int16
     spacing_zyx = tuple(float(v) for v in spacing)
     if labels is not None:  # before the volume: a volume on disk always has its label map
-        done = write_case_labels(labels, path, average_pool(hu, options.pool), spacing_zyx, origin)
+        hu_on_grid = volume if options.normalize != "paper" else average_pool(hu, options.pool)  # for the body fill
+        done = write_case_labels(labels, path, hu_on_grid, spacing_zyx, origin)
         row.actions = "; ".join(a for a in (row.actions, done) if a)
     save_nifti(path, volume, spacing_zyx, origin=tuple(float(v) for v in origin), dtype=dtype, overwrite=True)  # type: ignore[arg-type]
     row.status, row.normalize = STATUS_OK, options.normalize

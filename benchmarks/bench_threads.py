@@ -1,6 +1,6 @@
 """Training steps/s of the demo's models against torch threads and OpenMP wait policy, with and without extra load.
 
-    python -m benchmarks.bench_threads [--load 0 4] [--repeats 3] [--seconds 3]
+    python -m benchmarks.bench_threads [--load 0 4] [--repeats 3] [--seconds 3] [--policies PASSIVE:1000 PASSIVE default]
 
 Each wait policy runs in fresh processes (OpenMP reads it when it starts), alternating between policies; each
 process times demo training steps (forward, backward, clipping, AdamW, EMA; batch 8 of 32^3) with every thread
@@ -40,10 +40,14 @@ print(json.dumps(rates))
 
 
 def measure(policy: str, stages: list[int], threads: list[int], seconds: float) -> dict[tuple[int, int], float]:
-    """Steps/s per (stage, threads) in one fresh process with this OpenMP wait policy ("default": unset)."""
-    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    """Steps/s per (stage, threads) in one fresh process with this OpenMP wait policy: ``OMP_WAIT_POLICY`` or
+    ``OMP_WAIT_POLICY:GOMP_SPINCOUNT`` (e.g. ``PASSIVE:1000``, what the prdit command sets), ``default``: both unset."""
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     if policy != "default":
-        env["OMP_WAIT_POLICY"] = policy
+        wait_policy, _, spin_count = policy.partition(":")
+        env["OMP_WAIT_POLICY"] = wait_policy
+        if spin_count:
+            env["GOMP_SPINCOUNT"] = spin_count
     done = subprocess.run([sys.executable, "-c", WORKER, str(seconds), json.dumps(stages), json.dumps(threads)], env=env,
                           capture_output=True, text=True)
     if done.returncode:
@@ -56,7 +60,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load", type=int, nargs="+", default=[0, 4], help="busy-loop processes to add (default 0 4)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--policies", nargs="+", default=["PASSIVE", "default"], help="OMP_WAIT_POLICY values")
+    parser.add_argument("--policies", nargs="+", default=["PASSIVE:1000", "PASSIVE", "default"],
+                        help="OMP_WAIT_POLICY values, optionally with a GOMP_SPINCOUNT (PASSIVE:1000); default: both unset")
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per measurement (default 3)")

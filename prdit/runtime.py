@@ -99,13 +99,18 @@ def enable_tf32(device: torch.device | str, enabled: bool = True) -> None:
 # CPU threads
 # ----------------------------------------------------------------------------------------------------------
 # torch's OpenMP threads meet at a barrier after every parallel operation. OpenMP's default is to spin while
-# waiting there; on a busy machine the spinning burns the cores that a late thread needs. With the default policy
-# 2 threads trained the demo's stage 1 at 0.13 steps/s against 0.73 with 1 thread (a 2-core machine at load
-# average 25, benchmarks/bench_threads.py; issue 19 saw 0.45 against 2.70 at load 4). With
+# waiting there (GNU libgomp: about 3 ms); on a busy machine the spinning burns the cores that a late thread needs.
+# With the default policy 2 threads trained the demo's stage 1 at 0.13 steps/s against 0.73 with 1 thread (a 2-core
+# machine at load average 25, benchmarks/bench_threads.py; issue 19 saw 0.45 against 2.70 at load 4). With
 # OMP_WAIT_POLICY=PASSIVE waiting threads sleep, and 2 threads gave 1.50 steps/s against 0.83 with 1 (stage 2:
-# 0.47 against 0.25). So the `prdit` command (`prdit.cli.main`) sets PASSIVE before torch is imported, and then every usable core
-# gets a thread whatever the load; only where OpenMP spins (torch was imported first, or OMP_WAIT_POLICY says so)
+# 0.47 against 0.25). Sleeping at once costs an idle machine, though: every operation then wakes the other threads,
+# and on 2 idle cores the demo's bf16 steps took 31 and 112 ms (stages 1 and 2) against 22 and 98 ms with a
+# 1000-iteration spin first (GOMP_SPINCOUNT=1000, tens of microseconds), while under load the short spin kept
+# PASSIVE's speed (load 6: 143 ms against 150; 30000 iterations: 261-331 ms). So the `prdit` command
+# (`prdit.cli.main`) sets PASSIVE and GOMP_SPINCOUNT=1000 before torch is imported, and then every usable core gets
+# a thread whatever the load; only where OpenMP spins long (torch was imported first, or the environment says so)
 # does the load average cut the thread count.
+SHORT_SPIN_COUNT = 3000  # the longest GOMP_SPINCOUNT measured to keep PASSIVE's speed under load
 
 
 # glibc's malloc gives every freed block above its mmap threshold back to the OS, and the next training step faults
@@ -138,8 +143,12 @@ def usable_cpus() -> int:
 
 
 def openmp_waits_passively() -> bool:
-    """Whether OpenMP threads sleep while they wait (the prdit command sets this before torch loads OpenMP, see above)."""
-    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
+    """Whether waiting OpenMP threads sleep, at most after a short spin (GOMP_SPINCOUNT unset or up to
+    :data:`SHORT_SPIN_COUNT`; a form such as ``10k`` or ``infinite`` counts as long): what the prdit command sets
+    before torch loads OpenMP (see above)."""
+    spin = os.environ.get("GOMP_SPINCOUNT", "0").strip()
+    short_spin = spin.isdigit() and int(spin) <= SHORT_SPIN_COUNT
+    return os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE" and short_spin
 
 
 def choose_cpu_threads(usable: int, machine_cpus: int, load_average: float, passive: bool) -> int:
@@ -162,6 +171,11 @@ def configure_cpu_threads() -> str:
     else:
         torch.set_num_threads(choose_cpu_threads(usable, os.cpu_count() or usable, load, passive))
         how = "OMP_NUM_THREADS=N to choose"
-    waiting = "waiting threads sleep" if passive else f"waiting threads spin: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+    spin = os.environ.get("GOMP_SPINCOUNT")
+    if passive:
+        waiting = f"waiting threads sleep after a short spin (GOMP_SPINCOUNT={spin})" if spin else "waiting threads sleep"
+    else:
+        spun = f", GOMP_SPINCOUNT={spin}" if spin else ""
+        waiting = f"waiting threads spin: OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}{spun}"
     return (f"{torch.get_num_threads()} torch thread(s) on {usable} usable core(s), load average {load:.1f}, "
             f"{waiting} ({how})")

@@ -1,8 +1,10 @@
 import os
 
-# Before torch loads OpenMP, as the prdit command does: waiting threads sleep instead of spinning on the cores
-# other test processes need (``import prdit`` leaves the environment alone).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from prdit.cli.common import set_openmp_waiting
+
+# Before torch loads OpenMP, as the prdit command does: waiting threads spin briefly, then sleep, instead of spinning
+# for milliseconds on the cores other test processes need (``import prdit`` leaves the environment alone).
+set_openmp_waiting()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from prdit import runtime
+from prdit.cli.common import OPENMP_SPIN_COUNT
 from prdit.errors import ConfigError
 from prdit.runtime import (
     autocast_for,
@@ -16,6 +17,7 @@ from prdit.runtime import (
     configure_cpu_threads,
     describe_precision,
     enable_tf32,
+    openmp_waits_passively,
     resolve_device,
     resolve_precision,
     usable_cpus,
@@ -141,30 +143,52 @@ def test_configure_chooses_from_cores_policy_and_load(monkeypatch, restore_threa
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * (os.cpu_count() or 1), 0.0, 0.0))
     monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert "waiting threads sleep" in configure_cpu_threads()
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")
+    assert "waiting threads sleep after a short spin (GOMP_SPINCOUNT=1000)" in configure_cpu_threads()
     assert torch.get_num_threads() == usable_cpus()
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert configure_cpu_threads().startswith("1 torch thread(s)")
     assert torch.get_num_threads() == 1
 
 
-@pytest.mark.parametrize("given, first, expected", [(None, "prdit", "PASSIVE"), ("ACTIVE", "prdit", "ACTIVE"),
-                                                    (None, "torch", "unset")])
-def test_the_command_makes_waiting_openmp_threads_sleep(given, first, expected):
-    """... when it starts before torch is loaded; after torch the setting would be too late and is left alone."""
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    if given:
-        env["OMP_WAIT_POLICY"] = given
-    code = f"import os, {first}; from prdit.cli import main; main([]); print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+OPENMP_WAITING = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def openmp_waiting_after(code: str, given: dict[str, str]) -> str:
+    """What a fresh interpreter's OMP_WAIT_POLICY and GOMP_SPINCOUNT are after ``code``, started with ``given``."""
+    env = {key: value for key, value in os.environ.items() if key not in OPENMP_WAITING} | given
+    code += "; print(*(os.environ.get(key, 'unset') for key in %r))" % (OPENMP_WAITING,)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip().splitlines()[-1] == expected
+    return out.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("given, first, expected", [
+    ({}, "prdit", f"PASSIVE {OPENMP_SPIN_COUNT}"),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "prdit", "ACTIVE unset"),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, "prdit", "PASSIVE unset"),
+    ({"GOMP_SPINCOUNT": "20000"}, "prdit", "PASSIVE 20000"),
+    ({}, "torch", "unset unset"),
+])
+def test_the_command_makes_waiting_openmp_threads_spin_briefly_then_sleep(given, first, expected):
+    """... when it starts before torch is loaded; after torch the setting would be too late and is left alone, and
+    a wait policy or spin count of the user's own is kept."""
+    assert openmp_waiting_after(f"import os, {first}; from prdit.cli import main; main([])", given) == expected
 
 
 def test_importing_prdit_leaves_the_environment_alone():
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    code = "import os, prdit, prdit.sample, prdit.train.trainer; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "unset"
+    assert openmp_waiting_after("import os, prdit, prdit.sample, prdit.train.trainer", {}) == "unset unset"
+
+
+@pytest.mark.parametrize("policy, spin, passive", [("PASSIVE", None, True), ("PASSIVE", "1000", True), ("passive", "3000", True),
+                                                   ("PASSIVE", "30000", False), ("PASSIVE", "10k", False),
+                                                   ("PASSIVE", "infinite", False), ("ACTIVE", "1000", False), (None, None, False)])
+def test_short_spins_count_as_passive_waiting(monkeypatch, policy, spin, passive):
+    for key, value in zip(OPENMP_WAITING, (policy, spin)):
+        if value is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, value)
+    assert openmp_waits_passively() is passive
 
 
 FAULTS_OF_TRAINING_STEPS = """

@@ -11,7 +11,7 @@ import sys
 
 from prdit import __version__
 from prdit.cli import config, convert, data, demo, evaluate, export, plan, preview, report, restore, sample, train
-from prdit.cli.common import run_command, sleep_waiting_openmp_threads
+from prdit.cli.common import run_command, set_openmp_waiting
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    sleep_waiting_openmp_threads()
+    set_openmp_waiting()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

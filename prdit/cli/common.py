@@ -10,14 +10,22 @@ from typing import Callable
 
 from prdit.errors import PrditError
 
+# How often a waiting OpenMP thread checks for work before it sleeps (GNU libgomp, the OpenMP of torch's Linux
+# wheels; tens of microseconds). Sleeping at once (PASSIVE alone) wakes the threads for every operation, which made
+# the demo's training steps 14-41% slower on 2 idle cores; spinning for milliseconds (libgomp's default) or 30000
+# times burned a busy machine's cores (numbers in prdit/runtime.py).
+OPENMP_SPIN_COUNT = 1000
 
-def sleep_waiting_openmp_threads() -> None:
-    """Before torch loads OpenMP: threads waiting at a barrier sleep instead of spinning on cores that a busy
-    machine's other threads need (numbers in prdit/runtime.py). An OMP_WAIT_POLICY of your own is kept; once torch
-    is loaded the setting would come too late, and would only mislead prdit.runtime. The command (and so the demo)
-    sets it for its own process; ``import prdit`` leaves a host program's environment alone."""
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def set_openmp_waiting() -> None:
+    """Before torch loads OpenMP: threads waiting at a barrier spin briefly, then sleep, instead of spinning for
+    milliseconds on cores that a busy machine's other threads need. An OMP_WAIT_POLICY (or GOMP_SPINCOUNT) of your own
+    is kept; once torch is loaded the setting would come too late, and would only mislead prdit.runtime. The command
+    (and so the demo) sets it for its own process; ``import prdit`` leaves a host program's environment alone."""
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ.setdefault("GOMP_SPINCOUNT", str(OPENMP_SPIN_COUNT))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from prdit.cli.common import add_device_argument, run_command, sleep_waiting_openmp_threads
+from prdit.cli.common import add_device_argument, run_command, set_openmp_waiting
 from prdit.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def script_main(name: str, argv: list[str] | None = None) -> int:
     """Entry point of ``evaluations/<name>.py``: the ``prdit evaluate <name>`` command as a standalone script."""
-    sleep_waiting_openmp_threads()
+    set_openmp_waiting()
     summary, add_arguments, run = COMMANDS[name]
     parser = argparse.ArgumentParser(description=summary)
     add_arguments(parser)

@@ -4,7 +4,18 @@ import pytest
 import torch
 import torch.nn as nn
 
-from prdit.models.global_dit import Attention, DiTBlock, GlobalDiT, PatchEmbed, position_code
+import torch.nn.functional as F
+
+from prdit.models import global_dit
+from prdit.models.global_dit import (
+    Attention,
+    DiTBlock,
+    GlobalDiT,
+    PatchEmbed,
+    attention,
+    position_code,
+    takes_explicit_attention,
+)
 
 TOKEN_DIM, HIDDEN, HEADS, OUT = 27, 24, 4, 16
 
@@ -60,6 +71,51 @@ def test_sdpa_attention_equals_explicit_softmax_attention():
     weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(head_dim), dim=-1)
     out = (weights @ v).transpose(1, 2).reshape(2, 10, HIDDEN)
     torch.testing.assert_close(attention(x), attention.proj(out), rtol=1e-5, atol=1e-5)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.double() - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("sharpness", [1.0, 4.0])
+def test_explicit_bf16_attention_is_as_accurate_as_bf16_allows(sharpness):
+    """Outputs and all three gradients against float64, beside SDPA's own bf16 kernel on the same inputs;
+    ``sharpness`` scales the queries (peaked attention, where rounded scores matter most)."""
+    generator = torch.Generator().manual_seed(0)
+    q, k, v, grad = (torch.randn(2, 4, 64, 16, generator=generator) for _ in range(4))
+    q = q * sharpness
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*exact).backward(grad.double())
+    want_out = F.scaled_dot_product_attention(*(t.detach() for t in exact))
+    low = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    assert takes_explicit_attention(low[0], low[1])
+    out = attention(*low)
+    out.backward(grad.bfloat16())
+    sdpa = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    sdpa_out = F.scaled_dot_product_attention(*sdpa)
+    sdpa_out.backward(grad.bfloat16())
+    bf16_epsilon = 2.0**-8
+    assert out.dtype == torch.bfloat16
+    assert relative_error(out, want_out) < 3 * max(relative_error(sdpa_out, want_out), bf16_epsilon)
+    for mine, kernel, reference in zip(low, sdpa, exact):
+        assert relative_error(mine.grad, reference.grad) < 3 * max(relative_error(kernel.grad, reference.grad), bf16_epsilon)
+
+
+def test_attention_is_explicit_only_for_short_bf16_sequences_on_the_cpu(monkeypatch):
+    def shape(length: int, dtype=torch.bfloat16) -> torch.Tensor:
+        return torch.zeros(2, 4, length, 8, dtype=dtype)
+
+    largest = int((global_dit.EXPLICIT_ATTENTION_SCORES / 8) ** 0.5)  # 2 x 4 x L^2 scores
+    assert takes_explicit_attention(shape(largest), shape(largest))
+    assert not takes_explicit_attention(shape(largest + 1), shape(largest + 1))
+    assert not takes_explicit_attention(shape(64, torch.float32), shape(64, torch.float32))
+    assert not takes_explicit_attention(shape(64).to("meta"), shape(64).to("meta"))
+    # fp32 (and long bf16 sequences) go to SDPA, whose result the explicit product reproduces in fp32
+    calls = []
+    monkeypatch.setattr(global_dit.F, "scaled_dot_product_attention", lambda *args: calls.append(args) or args[2])
+    attention(shape(64, torch.float32), shape(64, torch.float32), shape(64, torch.float32))
+    attention(shape(64), shape(64), shape(64))
+    assert len(calls) == 1 and calls[0][0].dtype == torch.float32
 
 
 def test_fresh_block_is_identity_and_fresh_dit_outputs_zero():

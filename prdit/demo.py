@@ -8,7 +8,7 @@ Everything lands in one folder (default ``results/demo``)::
     stage1_loss.png       stage-1 (local denoiser) loss curve of the run just trained
     stage2_loss.png       stage-2 (global residual DiT) loss curve
     samples/              NIfTI in HU + JSON sidecars + PNGs from the shipped phantom model
-    samples_demo_run/     the same from the model this demo just trained (about 10 CPU minutes; rougher)
+    samples_demo_run/     the same from the model this demo just trained (a few CPU minutes; rougher)
     metrics.json          FID / MMD (random-init MedicalNet fallback) and weight-free metrics, both sample sets
 
 Diffusion models need many optimisation steps, more than a slow CPU gets through in the demo's budget, so the

@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-
 import torch.nn.functional as F
 
 from prdit.models import global_dit

@@ -14,7 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Generate phantom chest CTs, train both PRDiT stages briefly, sample NIfTI volumes in HU (from the shipped "
             "phantom model, and from the model just trained), compute metrics, and write OUT/index.md with the "
-            "pictures and numbers. About 10-15 minutes on 2 CPU cores; --quick is a <= 3-minute smoke run."
+            "pictures and numbers. About 3-10 minutes on 2 idle CPU cores (it prints its own estimate first); --quick is a <= 3-minute smoke run."
         ),
     )
     parser.add_argument("--out", default="results/demo", help="output folder (default results/demo)")

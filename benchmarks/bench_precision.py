@@ -23,7 +23,7 @@ import torch
 
 from prdit.demo import PLANS, SHIPPED_WEIGHTS, demo_configs, estimate_seconds, time_training_steps
 from prdit.io import atomic_write_text
-from prdit.runtime import describe_precision
+from prdit.runtime import describe_precision, keep_freed_memory
 from prdit.sample import load_pipeline
 
 PRECISIONS = ("fp32", "bf16")
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/precision_cpu.json")
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    keep_freed_memory()  # as the prdit commands do
 
     plan = PLANS["default"]
     stages = demo_configs(Path("results/bench-precision"), plan, "cpu")

@@ -12,7 +12,9 @@ their gradients; the optimiser step then reads the gradients.
 Parameter counts are exact (the model is built on the meta device). Activations are the bytes the layers save for
 the backward pass per token (``DIT_BLOCK_BYTES`` etc. below, counted on real forward passes), and the whole is
 checked against measured CPU peaks in ``benchmarks/bench_plan.py``. On a GPU add the CUDA context and the
-allocator's slack (``GPU_RESERVE_BYTES``).
+allocator's slack (``GPU_RESERVE_BYTES``). Attention is counted as SDPA's fused kernels keep it (no score matrix);
+on a CPU in bf16 a short sequence's explicit attention also holds its scores, at most 32 MiB per block
+(``prdit.models.global_dit.EXPLICIT_ATTENTION_SCORES``), which the plan leaves out.
 """
 
 from __future__ import annotations
